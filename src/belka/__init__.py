@@ -1,0 +1,46 @@
+"""belka: classify images on-device, look inside the model, see why it decided, and gate uploads.
+
+>>> import belka
+>>> model = belka.load()                      # packaged EfficientNet-Lite0, offline
+>>> model.classify("squirrel.jpg", top=5)     # [Prediction(label='fox squirrel', ...), ...]
+>>> model.check("upload.jpg", allow="squirrel").verdict
+'accept'
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import BelkaError, ImageError, ModelError, UsageError, WeightsError
+
+__version__ = "0.1.0"
+
+
+def load(name: str = "efficientnet_lite0", *, weights: str | os.PathLike | None = None,
+         device: str | None = None, progress: bool = True):
+    """Load a pretrained model by name (``belka.models.available()`` lists them).
+
+    ``weights`` overrides the default source: a local file or an http(s) URL (cached and
+    checked). The default model, EfficientNet-Lite0, ships with the package and needs no
+    network. ``device`` defaults to CUDA when present, else the CPU.
+    """
+    from .models.model import load_model
+
+    return load_model(name, weights=weights, device=device, progress=progress)
+
+
+def __getattr__(name: str):
+    # Heavy modules (torch) load on first use, so `import belka` and `belka --help` stay fast.
+    if name in {"Model", "Prediction"}:
+        from .models import model
+
+        return getattr(model, name)
+    if name in {"Gate", "CheckResult"}:
+        from . import gate
+
+        return getattr(gate, name)
+    raise AttributeError(f"module 'belka' has no attribute {name!r}")
+
+
+__all__ = ["load", "Model", "Prediction", "Gate", "CheckResult", "BelkaError", "ImageError",
+           "ModelError", "UsageError", "WeightsError", "__version__"]

@@ -1,0 +1,192 @@
+"""``belka classify``, ``belka check``, ``belka models`` and ``belka labels``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import main
+
+RESIZE_HELP = ("how to fit the image to the model's square input: crop (default: shorter side to "
+               "256, centre 224), squash (stretch; distorts shapes) or letterbox (fit and pad)")
+
+
+def model_options(f):
+    """--model, --weights and --resize, shared by every command that runs a model."""
+    f = click.option("--resize", type=click.Choice(["crop", "squash", "letterbox"]), default=None,
+                     help=RESIZE_HELP)(f)
+    f = click.option("--weights", metavar="PATH|URL", default=None,
+                     help="weight file or URL instead of the model's default source")(f)
+    f = click.option("--model", "model_name", default="efficientnet_lite0", show_default=True,
+                     metavar="NAME", help="model to run (see `belka models`)")(f)
+    return f
+
+
+def load_model(model_name: str, weights: str | None):
+    import belka
+
+    return belka.load(model_name, weights=weights)
+
+
+def _emit(as_json: bool, record: dict, text: str) -> None:
+    click.echo(json.dumps(record) if as_json else text)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--top", default=5, show_default=True, type=click.IntRange(1, 1000),
+              help="how many classes to list per image")
+@click.option("--json", "as_json", is_flag=True,
+              help='JSON lines: {"path", "predictions": [{"label", "index", "probability"}]} '
+                   'or {"path", "error"}')
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 512))
+@model_options
+def classify(paths, top, as_json, batch_size, model_name, weights, resize):
+    """Name what is in each image: the top ImageNet classes with their probabilities.
+
+    PATHS are image files or folders (walked recursively). A file that cannot be read is
+    reported and skipped; the exit code is 2 if any failed, else 0.
+
+    \b
+    Examples:
+      belka classify squirrel.jpg
+      belka classify photos/ --top 3 --json > labels.jsonl
+    """
+    from ..scan import scan
+
+    model = load_model(model_name, weights)
+    failed = 0
+    for item in scan(model, paths, batch_size=batch_size, resize=resize):
+        if item.error is not None:
+            failed += 1
+            if as_json:
+                click.echo(json.dumps({"path": item.path, "error": item.error}))
+            else:
+                click.echo(f"belka: {item.path}: {item.error}", err=True)
+            continue
+        preds = model.rank(item.probabilities, top)
+        lines = [item.path] + [f"  {p.probability:7.2%}  {p.label}  ({p.index})" for p in preds]
+        _emit(as_json, {"path": item.path, "predictions": [p.to_dict() for p in preds]},
+              "\n".join(lines))
+    sys.exit(2 if failed else 0)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--allow", default="squirrel", show_default=True, metavar="CLASSES",
+              help="what to accept: a group (squirrel, cat, dog, bird, ...), ImageNet class names "
+                   "or indices, comma-separated")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, metavar="P",
+              help="accept when the allowed classes' summed probability is at least P "
+                   "[default: 0.05, see the README]")
+@click.option("--json", "as_json", is_flag=True,
+              help='JSON lines: {"path", "verdict", "score", "threshold", "allowed", '
+                   '"predictions"} or {"path", "error"}')
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 512))
+@model_options
+def check(paths, allow, threshold, as_json, batch_size, model_name, weights, resize):
+    """The upload gate: accept an image when it looks like an allowed class, warn when not.
+
+    Exit code: 0 every image accepted, 3 at least one warned ("this does not look like a
+    squirrel: top guess tiger cat 0.71"), 2 at least one could not be read.
+
+    \b
+    Examples:
+      belka check upload.jpg --allow squirrel
+      belka check uploads/ --allow cat,dog --json
+    """
+    from ..gate import ACCEPT, Gate
+    from ..scan import scan
+
+    model = load_model(model_name, weights)
+    gate = Gate(model, allow=allow, threshold=threshold)
+    worst = 0
+    for item in scan(model, paths, batch_size=batch_size, resize=resize):
+        if item.error is not None:
+            worst = 2
+            if as_json:
+                click.echo(json.dumps({"path": item.path, "error": item.error}))
+            else:
+                click.echo(f"belka: {item.path}: {item.error}", err=True)
+            continue
+        result = gate.decide(item.probabilities, path=item.path)
+        if result.verdict != ACCEPT and worst == 0:
+            worst = 3
+        _emit(as_json, result.to_dict(), f"{result.verdict.upper():6}  {item.path}: {result.message}")
+    sys.exit(worst)
+
+
+@main.command("models")
+def models_command():
+    """List the models belka can load, and where their weights come from."""
+    from ..models import available, get_spec
+
+    for name in available():
+        spec = get_spec(name)
+        source = spec.weights.help or spec.weights.url if spec.weights else "no weights"
+        click.echo(f"{name:28} {spec.description}\n{'':28} weights: {source}")
+
+
+@main.command("labels")
+@click.argument("query", required=False)
+def labels_command(query):
+    """List ImageNet class names with their indices (filtered by QUERY), and the groups."""
+    from ..models.labels import IMAGENET_GROUPS, imagenet_labels
+
+    for i, name in enumerate(imagenet_labels()):
+        if not query or query.lower() in name.lower():
+            click.echo(f"{i:4}  {name}")
+    if not query:
+        click.echo("\ngroups (for --allow):")
+        for group, indices in IMAGENET_GROUPS.items():
+            click.echo(f"  {group:10} {len(indices)} classes")
+
+
+@main.command()
+@click.option("-o", "--out", "out_dir", default="belka-demo", show_default=True,
+              type=click.Path(file_okay=False), help="folder for the report")
+def demo(out_dir):
+    """A one-minute tour on the bundled photo: classify it, run the squirrel gate, write a report.
+
+    Needs no network and no files of your own (this is what `make run` starts).
+    """
+    import time
+    from importlib import resources
+    from pathlib import Path
+
+    import belka
+    from .. import images
+    from ..gate import Gate
+
+    photo = resources.files("belka").joinpath("data/chelsea.jpg")
+    image = images.decode(photo.read_bytes(), name="chelsea.jpg")
+    started = time.perf_counter()
+    model = belka.load()
+    loaded = time.perf_counter()
+    predictions = model.classify(image, top=5)
+    result = Gate(model, allow="squirrel").check_many([image])[0]
+    done = time.perf_counter()
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images.save(image, out / "photo.jpg")
+    rows = "\n".join(f"| {i} | {p.label} | {p.index} | {p.probability:.4f} |"
+                     for i, p in enumerate(predictions, 1))
+    report = (f"# belka demo\n\n![photo](photo.jpg)\n\nModel: {model!r}\n\n"
+              f"| rank | label | index | probability |\n|---|---|---|---|\n{rows}\n\n"
+              f"Squirrel gate: **{result.verdict}**: {result.message}\n\n"
+              f"Load {1000 * (loaded - started):.0f} ms, classify + check "
+              f"{1000 * (done - loaded):.0f} ms on {model.device}.\n")
+    (out / "report.md").write_text(report, encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(
+        {"model": model.name, "predictions": [p.to_dict() for p in predictions],
+         "check": result.to_dict()}, indent=2), encoding="utf-8")
+
+    click.echo(f"belka {belka.__version__} demo: the bundled photo of Chelsea the cat\n")
+    for p in predictions:
+        click.echo(f"  {p.probability:7.2%}  {p.label}  ({p.index})")
+    click.echo(f"\nbelka check --allow squirrel: {result.verdict.upper()}: {result.message}")
+    click.echo(f"\nreport written to {out / 'report.md'}")
+    click.echo("next: belka classify YOUR_PHOTO.jpg   |   belka check YOUR_PHOTO.jpg --allow squirrel")

@@ -1,0 +1,74 @@
+"""Small building blocks shared by the model families.
+
+TensorFlow's "SAME" padding pads stride-2 convolutions asymmetrically (the extra row and column
+go to the bottom and right). Models trained in TensorFlow need it to give their published
+accuracy, so it is a layer of its own here, computed from the input size at run time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """(before, after) padding TensorFlow's "SAME" uses for one spatial axis."""
+    effective = (kernel - 1) * dilation + 1
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+class SamePad2d(nn.Module):
+    """Zero-pads a NCHW tensor so that a following 'valid' conv behaves like TF "SAME"."""
+
+    def __init__(self, kernel_size: int, stride: int, dilation: int = 1):
+        super().__init__()
+        self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = same_padding(x.shape[-2], self.kernel_size, self.stride, self.dilation)
+        left, right = same_padding(x.shape[-1], self.kernel_size, self.stride, self.dilation)
+        if top == bottom == left == right == 0:
+            return x
+        return F.pad(x, (left, right, top, bottom))
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class Conv2dSame(nn.Conv2d):
+    """A Conv2d with TensorFlow "SAME" padding (asymmetric when strided)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["padding"] = 0
+        super().__init__(*args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        top, bottom = same_padding(x.shape[-2], kh, sh, dh)
+        left, right = same_padding(x.shape[-1], kw, sw, dw)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return super().forward(x)
+
+
+class Add(nn.Module):
+    """Element-wise sum of a residual branch and its shortcut, as a named layer."""
+
+    def forward(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        return x + shortcut
+
+
+class GlobalAvgPool(nn.Module):
+    """Mean over the spatial axes: N x C x H x W -> N x C."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+# Modules whose forward depends on the input's shape: graph tools (torch.fx) keep them whole.
+LEAF_MODULES: tuple[type[nn.Module], ...] = (SamePad2d, Conv2dSame)

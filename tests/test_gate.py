@@ -1,0 +1,73 @@
+"""The upload gate: groups, thresholds, verdicts and messages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import belka
+from belka.errors import ModelError, UsageError
+from belka.gate import Gate
+from belka.models.labels import IMAGENET_GROUPS, imagenet_labels, resolve
+
+skdata = pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return belka.load()
+
+
+def test_groups_name_the_right_classes():
+    labels = imagenet_labels()
+    assert labels[335] == "fox squirrel"
+    assert [labels[i] for i in IMAGENET_GROUPS["cat"]] == [
+        "tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"]
+    assert labels[IMAGENET_GROUPS["dog"][0]] == "Chihuahua" and len(IMAGENET_GROUPS["dog"]) == 118
+    assert all(i not in IMAGENET_GROUPS["bird"] for i in (25, 79, 101, 126, 147))
+
+
+def test_resolve_names_indices_groups_and_lists():
+    labels = imagenet_labels()
+    assert resolve("squirrel", labels) == [335]
+    assert resolve("Fox Squirrel", labels) == [335]
+    assert resolve("335", labels) == [335]
+    assert resolve("tabby,squirrel", labels) == [281, 335]
+    assert resolve(["cat", 281], labels) == [281, 282, 283, 284, 285]
+
+
+def test_unknown_class_lists_close_matches():
+    with pytest.raises(ModelError, match="'fox squirrel'"):
+        resolve("fox squirel", imagenet_labels())
+    with pytest.raises(ModelError, match="out of range"):
+        resolve(1000, imagenet_labels())
+
+
+def test_cat_is_warned_for_squirrel_and_accepted_for_cat(model):
+    cat = skdata.chelsea()
+    warned = model.check(cat, allow="squirrel")
+    assert warned.verdict == "warn" and not warned.accepted
+    assert warned.message.startswith("this does not look like a squirrel: top guess tiger cat 0.")
+    accepted = model.check(cat, allow="cat")
+    assert accepted.verdict == "accept"
+    # The score is the summed probability of the five cat classes.
+    probs = model.probabilities(cat)[0]
+    assert accepted.score == pytest.approx(float(probs[281:286].sum()), abs=1e-6)
+    assert accepted.score > 0.9
+
+
+def test_threshold_decides(model):
+    gate = Gate(model, allow="cat", threshold=0.5)
+    probs = np.zeros(1000, np.float32)
+    probs[281], probs[0] = 0.3, 0.7
+    assert gate.decide(probs).verdict == "warn"
+    probs[281], probs[282], probs[0] = 0.3, 0.2, 0.5
+    assert gate.decide(probs).verdict == "accept"  # 0.3 + 0.2 reaches 0.5
+    with pytest.raises(UsageError):
+        Gate(model, allow="cat", threshold=1.5)
+
+
+def test_batch_check_returns_one_result_each(model):
+    results = model.check([skdata.chelsea(), skdata.coffee()], allow="cat")
+    assert [r.verdict for r in results] == ["accept", "warn"]
+    assert results[1].predictions[0].label == "espresso"
