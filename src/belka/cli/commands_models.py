@@ -80,7 +80,7 @@ def classify(paths, top, as_json, batch_size, model_name, weights, resize):
                    "or indices, comma-separated")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, metavar="P",
               help="accept when the allowed classes' summed probability is at least P "
-                   "[default: 0.05, see the README]")
+                   "[default: 0.01, see the README]")
 @click.option("--json", "as_json", is_flag=True,
               help='JSON lines: {"path", "verdict", "score", "threshold", "allowed", '
                    '"predictions"} or {"path", "error"}')

@@ -70,5 +70,6 @@ class GlobalAvgPool(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-# Modules whose forward depends on the input's shape: graph tools (torch.fx) keep them whole.
-LEAF_MODULES: tuple[type[nn.Module], ...] = (SamePad2d, Conv2dSame)
+# Modules graph tools (torch.fx) keep whole: the padding ones compute from the input's shape, and
+# Add / GlobalAvgPool are named layers that would otherwise dissolve into plain tensor ops.
+LEAF_MODULES: tuple[type[nn.Module], ...] = (SamePad2d, Conv2dSame, Add, GlobalAvgPool)
