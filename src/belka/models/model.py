@@ -117,11 +117,44 @@ class Model:
         results = gate.check_many(list(images_) if _is_batch(images_) else [images_], resize=resize)
         return results if _is_batch(images_) else results[0]
 
-    # -- layers --------------------------------------------------------------------------
+    # -- looking inside (see belka.inspect) ------------------------------------------------
     @property
     def layer_names(self) -> list[str]:
         """Names of the network's layers in execution order."""
         return [name for name, _ in self.module.named_children()]
+
+    @property
+    def layers(self):
+        """The layers in execution order, each callable on a tensor (``layer(x)``)."""
+        from .. import inspect
+
+        return inspect.layers(self)
+
+    def layer(self, name_or_index: str | int):
+        """One layer by name (``"block_12_expand"``) or index (``100``)."""
+        from .. import inspect
+
+        return inspect.get_layer(self, name_or_index)
+
+    def summary(self, input_size: int | None = None):
+        """A Keras-style table of layers, shapes, parameters and multiply-adds (``print()`` it)."""
+        from .. import inspect
+
+        return inspect.summarize(self, input_size)
+
+    def activations(self, image, layers: Sequence[str | int] | None = None, *,
+                    resize: str | None = None) -> dict[str, torch.Tensor]:
+        """Named activations of ``layers`` for one image (or an input tensor)."""
+        from .. import inspect
+
+        return inspect.activations(self, image, layers, resize=resize)
+
+    def split(self, layer: str | int):
+        """``head, tail`` such that ``tail(head(x))`` equals the model's logits; the cut is after
+        ``layer``, and tensors a residual shortcut carries across travel with the head's output."""
+        from .. import inspect
+
+        return inspect.split(self, layer)
 
 
 def load_model(name: str = "efficientnet_lite0", *, weights: str | os.PathLike | None = None,
