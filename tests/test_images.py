@@ -777,3 +777,20 @@ def test_to_pil_and_from_pil():
     np.testing.assert_array_equal(images.from_pil(image), pixels)
     with pytest.raises(ValueError):
         images.to_pil(pixels.astype(np.float32))
+
+
+def test_error_kinds_tell_bad_format_from_corrupt_data(tmp_path):
+    """The web API maps these to 415 / 422 / 413; each kind must be raised where it belongs."""
+    from belka.errors import CorruptImageError, ImageTooLargeError, NotAnImageError
+
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(NotAnImageError):
+        images.decode(tmp_path / "notes.txt")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(buf, "JPEG")
+    with pytest.raises(CorruptImageError):
+        images.decode(buf.getvalue()[:300])
+    with pytest.raises(CorruptImageError):
+        images.decode(b"")
+    with pytest.raises(ImageTooLargeError):
+        images.decode(buf.getvalue(), max_pixels=100)

@@ -33,3 +33,15 @@ class ModelError(BelkaError):
 
 class UsageError(BelkaError):
     """Options that do not make sense together."""
+
+
+class NotAnImageError(ImageError):
+    """The data is not in a supported image format (HTTP 415)."""
+
+
+class CorruptImageError(ImageError):
+    """The data claims to be an image but is empty, truncated or corrupt (HTTP 422)."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image's header declares more pixels than the limit allows."""

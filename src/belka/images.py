@@ -47,7 +47,7 @@ from PIL import (  # noqa: F401  (importing a plugin registers its decoder)
     WebPImagePlugin,
 )
 
-from .errors import ImageError, UsageError
+from .errors import CorruptImageError, ImageError, ImageTooLargeError, NotAnImageError, UsageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_PIXELS_ENV = "BELKA_MAX_PIXELS"
@@ -147,7 +147,7 @@ def from_pil(image: Image.Image, *, name: str | None = None) -> np.ndarray:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, image.convert("RGBA"))
     elif mode not in _RGB_CONVERTIBLE:
-        raise ImageError(
+        raise NotAnImageError(
             f"unsupported image mode {mode!r} (belka reads RGB, RGBA, grey, palette, CMYK, "
             "16-bit and float images); convert it to RGB first",
             path=name,
@@ -201,7 +201,7 @@ def _open_source(source: object, name: str | None) -> tuple[str | None, IO[bytes
     else:
         raise TypeError(f"cannot decode an image from a {type(source).__name__}")
     if not data:
-        raise ImageError("image data is empty (0 bytes)", path=label)
+        raise CorruptImageError("image data is empty (0 bytes)", path=label)
     return label, io.BytesIO(data)
 
 
@@ -237,7 +237,7 @@ def _open_path(path: str) -> IO[bytes]:
         raise ImageError(f"could not read the file ({exc.strerror or exc})", path=path) from exc
     stream.close()
     if not data:
-        raise ImageError("file is empty (0 bytes)", path=path)
+        raise CorruptImageError("file is empty (0 bytes)", path=path)
     return io.BytesIO(data)
 
 
@@ -253,18 +253,18 @@ def _identify(stream: IO[bytes], label: str | None) -> ImageFile.ImageFile:
         try:
             return factory(stream, "")
         except _DECODE_ERRORS as exc:
-            raise ImageError(
+            raise CorruptImageError(
                 f"truncated or corrupt image data: the {format_name} header is unreadable ({exc})",
                 path=label,
             ) from exc
     other = _unsupported_format(head)
     if other:
-        raise ImageError(
+        raise NotAnImageError(
             f"unsupported image format {other} (supported: {_SUPPORTED}); "
             "convert it to JPEG or PNG first",
             path=label,
         )
-    raise ImageError(
+    raise NotAnImageError(
         "not an image (the file starts with bytes that match no known image format; "
         f"supported: {_SUPPORTED})",
         path=label,
@@ -292,7 +292,7 @@ def _decode_image(
     """Check the header size against ``limit``, then decode every pixel and make it upright RGB."""
     width, height = image.size
     if width * height > limit:
-        raise ImageError(
+        raise ImageTooLargeError(
             f"image is {width}x{height} = {_megapixels(width * height)} megapixels, over the "
             f"{_megapixels(limit)}-megapixel limit; raise it with --max-pixels or {MAX_PIXELS_ENV}",
             path=label,
@@ -307,7 +307,7 @@ def _decode_image(
         if upright is not None:
             image = image.transpose(upright)
     except _DECODE_ERRORS as exc:
-        raise ImageError(f"truncated or corrupt image data: {exc}", path=label) from exc
+        raise CorruptImageError(f"truncated or corrupt image data: {exc}", path=label) from exc
     return from_pil(image, name=label)
 
 
