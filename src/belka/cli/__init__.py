@@ -36,8 +36,8 @@ def main() -> None:
 
 
 # Each module adds its commands to `main` when imported, so `belka --help` lists them all.
-COMMAND_MODULES = ("commands_models", "commands_inspect", "commands_explain", "commands_lab",
-                   "commands_learn")
+COMMAND_MODULES = ("commands_models", "commands_inspect", "commands_explain", "commands_serve",
+                   "commands_lab", "commands_learn", "commands_train")
 
 
 def _register() -> None:

@@ -1,0 +1,36 @@
+"""Server-rendered pages: Upload, Gallery, Explain. Small vanilla JS, no build step."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=str(resources.files("belka.server") / "templates"))
+
+
+def render(request: Request, name: str, **context) -> HTMLResponse:
+    service = request.app.state.service
+    return templates.TemplateResponse(request, name, {
+        "allowed": service.gate.allowed, "threshold": service.gate.threshold,
+        "model": service.model.name, "max_mb": service.config.max_upload_bytes / 2**20,
+        **context})
+
+
+@router.get("/", response_class=HTMLResponse)
+async def upload_page(request: Request):
+    return render(request, "upload.html", page="upload")
+
+
+@router.get("/gallery", response_class=HTMLResponse)
+async def gallery_page(request: Request):
+    return render(request, "gallery.html", page="gallery")
+
+
+@router.get("/explain", response_class=HTMLResponse)
+async def explain_page(request: Request):
+    service = request.app.state.service
+    return render(request, "explain.html", page="explain", layers=service.model.layer_names)

@@ -1,0 +1,149 @@
+"""What the web app does, apart from HTTP: decode, classify, check, explain, store.
+
+Every method here is blocking (model math); the routes call them on the inference executor so
+the event loop never waits on the model.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .. import images
+from ..errors import UsageError
+from ..gate import Gate
+from .jobs import JobManager
+from .storage import Storage
+
+FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+
+
+@dataclass
+class ServerConfig:
+    """Settings of one running service (``belka serve`` options)."""
+
+    data_dir: Path = Path("belka-data")
+    model: str = "efficientnet_lite0"
+    weights: str | None = None
+    allow: str = "squirrel"
+    threshold: float | None = None
+    max_upload_bytes: int = 20 * 1024 * 1024
+    workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+    explain_method: str = "gradcam"
+
+
+class HeatmapCache:
+    """The most recent rendered PNGs (heat maps, overlays), by random id; bounded in count so
+    memory stays flat however many requests come."""
+
+    def __init__(self, capacity: int = 256):
+        self.capacity = capacity
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, png: bytes) -> str:
+        key = uuid.uuid4().hex
+        with self._lock:
+            self._items[key] = png
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return key
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._items.get(key)
+
+
+def sniff_format(data: bytes) -> str:
+    """The stored file extension for encoded image bytes (decode has already validated them)."""
+    with Image.open(io.BytesIO(data)) as im:
+        return FORMAT_EXT.get(im.format or "", "img")
+
+
+class Service:
+    """The model, the gate, storage, the worker pool and background jobs of one app."""
+
+    def __init__(self, config: ServerConfig, model=None):
+        import belka
+
+        self.config = config
+        self.model = model if model is not None else belka.load(config.model, weights=config.weights)
+        self.gate = Gate(self.model, allow=config.allow, threshold=config.threshold)
+        self.storage = Storage(config.data_dir)
+        self.recovery = self.storage.recover()
+        self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="belka-infer")
+        self.jobs = JobManager(self.executor)
+        self.pngs = HeatmapCache()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.storage.close()
+
+    # -- model work (blocking) -----------------------------------------------------------
+    def decode(self, data: bytes, name: str) -> np.ndarray:
+        return images.decode(data, name=name)
+
+    def gate_for(self, allow: str | None, threshold: float | None) -> Gate:
+        if allow is None and threshold is None:
+            return self.gate
+        return Gate(self.model, allow=allow or self.config.allow,
+                    threshold=self.config.threshold if threshold is None else threshold)
+
+    def classify(self, image: np.ndarray, top: int) -> list[dict]:
+        return [p.to_dict() for p in self.model.classify(image, top=top)]
+
+    def check(self, image: np.ndarray, gate: Gate, heatmap: bool = True) -> dict:
+        result = gate.check_many([image])[0]
+        out = result.to_dict() | {"message": result.message}
+        if heatmap:
+            # Explain the class that decided: the best allowed class when accepted, else the
+            # top guess ("why does it think this is a tiger cat?").
+            probs = np.zeros(len(self.model.labels))
+            for p in result.predictions:
+                probs[p.index] = p.probability
+            target = result.predictions[0].index
+            if result.accepted:
+                target = max(gate.allow_indices, key=lambda i: probs[i])
+            out["heatmap"] = self.explain(image, method=self.config.explain_method, target=target)
+        return out
+
+    def explain(self, image: np.ndarray, *, method: str = "gradcam", layer: str | None = None,
+                target: str | int | None = None, job=None) -> dict:
+        from ..explain import explain
+
+        # A job's progress(done, total) callback also stops the work when it is cancelled.
+        exp = explain(self.model, image, target=target, method=method, layer=layer,
+                      progress=job.progress if job is not None else False)
+        overlay = np.asarray(exp.overlay(image).convert("RGB"))
+        heat = np.repeat((np.clip(exp.heatmap, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
+        return {"method": exp.method, "layer": exp.layer, "classes": list(exp.indices),
+                "label": exp.label, "probability": exp.probability, "score": exp.score,
+                "overlay_url": f"/api/v1/png/{self.pngs.put(images.encode(overlay))}",
+                "heatmap_url": f"/api/v1/png/{self.pngs.put(images.encode(heat))}"}
+
+    def store(self, data: bytes, image: np.ndarray, filename: str, result: dict):
+        return self.storage.add(
+            data, ext=sniff_format(data), filename=filename or "upload",
+            width=int(image.shape[1]), height=int(image.shape[0]), verdict=result["verdict"],
+            score=float(result["score"]), allowed=result["allowed"],
+            predictions=result["predictions"])
+
+    def thumbnail(self, path: Path, size: int = 256) -> bytes:
+        image = Image.fromarray(images.decode(path))
+        image.thumbnail((size, size))
+        return images.encode(np.asarray(image), format="JPEG", quality=85)
+
+
+def validate_top(top: int) -> int:
+    if not 1 <= top <= 1000:
+        raise UsageError(f"top must be between 1 and 1000, got {top}")
+    return top

@@ -1,0 +1,178 @@
+// belka pages: upload + verdict, gallery, explain. Plain JS, no build step.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+
+function showError(message) {
+  const el = $("#error");
+  el.textContent = message;
+  el.hidden = !message;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const type = response.headers.get("content-type") || "";
+  const body = type.includes("application/json") ? await response.json() : null;
+  return { ok: response.ok, status: response.status, body };
+}
+
+function formWith(file, fields = {}) {
+  const form = new FormData();
+  form.append("file", file);
+  for (const [k, v] of Object.entries(fields)) if (v !== "" && v != null) form.append(k, v);
+  return form;
+}
+
+// ---- Upload page -------------------------------------------------------------------------
+function uploadPage() {
+  const input = $("#file");
+  const zone = $("#upload-form");
+  let current = null;
+
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    if (e.dataTransfer.files.length) check(e.dataTransfer.files[0]);
+  });
+  input.addEventListener("change", () => input.files.length && check(input.files[0]));
+  $("#store").addEventListener("click", () => store(false));
+  $("#store-anyway").addEventListener("click", () => store(true));
+
+  async function check(file) {
+    current = file;
+    showError("");
+    $("#stored").textContent = "";
+    $("#verdict").textContent = "Checking…";
+    $("#result").hidden = false;
+    $("#preview").src = URL.createObjectURL(file);
+    $("#heatmap").removeAttribute("src");
+    $("#top5").innerHTML = "";
+    const { ok, body } = await api("/api/v1/check", { method: "POST", body: formWith(file) });
+    if (!ok) {
+      $("#result").hidden = true;
+      showError(body ? body.detail : "The server could not read this file.");
+      return;
+    }
+    const accepted = body.verdict === "accept";
+    const verdict = $("#verdict");
+    verdict.className = accepted ? "accept" : "warn";
+    verdict.textContent = accepted
+      ? `Looks like a ${body.allowed}.`
+      : `Warning: this does not look like a ${body.allowed}. The model's top guess is ${body.predictions[0].label} (${(body.predictions[0].probability * 100).toFixed(0)}%).`;
+    if (body.heatmap) {
+      $("#heatmap").src = body.heatmap.overlay_url;
+      $("#heatmap-caption").textContent = `where the model saw “${body.heatmap.label}”`;
+    }
+    for (const p of body.predictions) {
+      const li = document.createElement("li");
+      li.textContent = `${p.label} — ${(p.probability * 100).toFixed(1)}%`;
+      $("#top5").appendChild(li);
+    }
+    $("#store").hidden = !accepted;
+    $("#store-anyway").hidden = accepted;
+  }
+
+  async function store(confirm) {
+    if (!current) return;
+    const { ok, body } = await api(`/api/v1/uploads?confirm=${confirm}`, {
+      method: "POST", body: formWith(current),
+    });
+    if (!ok) { showError(body ? body.detail : "Upload failed."); return; }
+    $("#stored").innerHTML = `Stored as #${body.id}${body.duplicate ? " (already there)" : ""}. <a href="/gallery">See the gallery</a>.`;
+  }
+}
+
+// ---- Gallery page ------------------------------------------------------------------------
+function galleryPage() {
+  const limit = 12;
+  let offset = 0;
+
+  async function load() {
+    const { ok, body } = await api(`/api/v1/uploads?offset=${offset}&limit=${limit}`);
+    if (!ok) { showError(body ? body.detail : "Could not load the gallery."); return; }
+    const grid = $("#gallery");
+    grid.innerHTML = "";
+    $("#empty").hidden = body.total > 0;
+    for (const item of body.items) {
+      const card = document.createElement("figure");
+      card.className = `card ${item.verdict}`;
+      card.dataset.id = item.id;
+      const img = document.createElement("img");
+      img.src = `${item.image_url}?thumbnail=true`;
+      img.alt = item.filename;
+      img.loading = "lazy";
+      const caption = document.createElement("figcaption");
+      caption.textContent = `#${item.id} ${item.predictions[0] ? item.predictions[0].label : ""} · ${item.verdict}`;
+      const del = document.createElement("button");
+      del.type = "button";
+      del.textContent = "Delete";
+      del.addEventListener("click", async () => {
+        await api(`/api/v1/uploads/${item.id}`, { method: "DELETE" });
+        if (body.items.length === 1 && offset > 0) offset -= limit;
+        load();
+      });
+      card.append(img, caption, del);
+      grid.appendChild(card);
+    }
+    const pages = Math.max(1, Math.ceil(body.total / limit));
+    $("#page-info").textContent = `page ${Math.floor(offset / limit) + 1} of ${pages} · ${body.total} stored`;
+    $("#prev").disabled = offset === 0;
+    $("#next").disabled = offset + limit >= body.total;
+  }
+  $("#prev").addEventListener("click", () => { offset = Math.max(0, offset - limit); load(); });
+  $("#next").addEventListener("click", () => { offset += limit; load(); });
+  load();
+}
+
+// ---- Explain page ------------------------------------------------------------------------
+function explainPage() {
+  let jobId = null;
+  $("#cancel").addEventListener("click", async () => {
+    if (jobId) await api(`/api/v1/jobs/${jobId}`, { method: "DELETE" });
+  });
+  $("#explain-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    showError("");
+    let file = $("#file").files[0];
+    const id = $("#upload-id").value;
+    if (!file && id) {
+      const response = await fetch(`/api/v1/uploads/${id}/image`);
+      if (!response.ok) { showError(`No stored upload #${id}.`); return; }
+      file = new File([await response.blob()], `upload-${id}`);
+    }
+    if (!file) { showError("Pick a photo or give a stored upload id."); return; }
+    const fields = {
+      method: $("#method").value, layer: $("#layer").value, class: $("#class").value,
+      background: "true",
+    };
+    const started = await api("/api/v1/explain", { method: "POST", body: formWith(file, fields) });
+    if (!started.ok) { showError(started.body ? started.body.detail : "Explain failed."); return; }
+    jobId = started.body.id;
+    $("#progress").hidden = false;
+    $("#cancel").hidden = false;
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 300));
+      const { body } = await api(`/api/v1/jobs/${jobId}`);
+      if (body.total) { $("#progress").max = body.total; $("#progress").value = body.done; }
+      if (body.status === "done") {
+        const result = (await api(body.result_url)).body;
+        $("#overlay").src = result.overlay_url;
+        $("#heat").src = result.heatmap_url;
+        $("#explain-caption").textContent = `${result.method} at ${result.layer} for “${result.label}” (${(result.probability * 100).toFixed(1)}%)`;
+        $("#explanation").hidden = false;
+        break;
+      }
+      if (body.status === "failed" || body.status === "cancelled") {
+        showError(body.status === "failed" ? body.error : "Cancelled.");
+        break;
+      }
+    }
+    $("#progress").hidden = true;
+    $("#cancel").hidden = true;
+    jobId = null;
+  });
+}
+
+({ upload: uploadPage, gallery: galleryPage, explain: explainPage })[window.belkaPage]?.();
