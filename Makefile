@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/belka demo
+	$(VENV)/bin/belka demo -o belka-demo
+	@echo "starting the web app on http://127.0.0.1:8000/ (Ctrl-C stops)"
+	$(VENV)/bin/belka serve --host 127.0.0.1 --port 8000 --data belka-data
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -23,4 +25,4 @@ bench: $(STAMP)
 	$(PY) bench/accuracy.py
 
 clean:
-	rm -rf $(VENV) belka-demo .pytest_cache
+	rm -rf $(VENV) belka-demo belka-data .pytest_cache
