@@ -126,10 +126,12 @@ def create_app(config: ServerConfig | None = None, *, model=None) -> FastAPI:
         kind = "payload_too_large" if isinstance(err, BodyTooLarge) else "http_error"
         return error_response(err.status_code, str(err.detail), kind)
 
-    from . import api, pages
+    from . import api, lab, pages
 
     app.include_router(api.router, prefix="/api/v1")
+    app.include_router(lab.router, prefix="/api/v1/lab")
     app.include_router(pages.router)
+    app.include_router(lab.pages)
     app.mount("/static", StaticFiles(directory=str(resources.files("belka.server") / "static")),
               name="static")
     app.add_middleware(BodyLimit, limit=config.max_upload_bytes)
