@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) bench/accuracy.py
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) belka-demo belka-data .pytest_cache

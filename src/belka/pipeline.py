@@ -1,0 +1,129 @@
+"""The fast path from files to probabilities: parallel decode, then batched inference.
+
+A small thread pool decodes and resizes images (Pillow releases the GIL while it decodes and
+resamples) while the calling thread runs the engine on the previous batch (ONNX Runtime and
+PyTorch release it too). At most ``batch_size * (prefetch + 1)`` images are in flight, so memory
+stays flat whatever the number of files, and results come back in input order. Large JPEGs are
+decoded at a reduced scale (Pillow's draft mode, i.e. libjpeg's DCT scaling) that is still at
+least as large as the resize policy needs, which makes them several times cheaper to decode.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Union
+
+import numpy as np
+
+from . import images
+from .engine import Engine, make_engine
+from .errors import BelkaError
+
+if TYPE_CHECKING:
+    from .models.model import Model
+    from .models.preprocessing import Preprocessing
+
+__all__ = ["Result", "draft_size", "iter_predictions", "load_resized"]
+
+StrPath = Union[str, os.PathLike]
+
+
+class Result(NamedTuple):
+    """One input's outcome: probabilities (classes,) or the message of the error that stopped it."""
+
+    path: str
+    probabilities: np.ndarray | None
+    error: str | None
+
+
+def draft_size(preprocessing: Preprocessing, policy: str | None = None) -> tuple[int, int]:
+    """The smallest (width, height) a JPEG may be decoded at without losing detail the resize
+    policy keeps: the crop policy's shorter side (256 for a 224 input at 0.875), else the input
+    size. Draft mode keeps both sides at least this large."""
+    policy = policy or preprocessing.policy
+    side = round(preprocessing.size / preprocessing.crop_fraction) if policy == "crop" \
+        else preprocessing.size
+    return side, side
+
+
+def load_resized(path: StrPath, preprocessing: Preprocessing, policy: str | None = None,
+                 draft: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode one file (at draft size for JPEGs when ``draft`` is given) and resize it to the
+    model's S x S x 3 uint8 input."""
+    return preprocessing.resize(images.decode(path, draft=draft), policy)
+
+
+def _as_engine(model_or_engine: Model | Engine) -> Engine:
+    if isinstance(model_or_engine, Engine):
+        return model_or_engine
+    engine = getattr(model_or_engine, "engine", None)
+    return engine if isinstance(engine, Engine) else make_engine(model_or_engine, "auto")
+
+
+def iter_predictions(model_or_engine: Model | Engine, paths: Iterable[StrPath], *,
+                     batch_size: int = 32, workers: int = 2, resize: str | None = None,
+                     draft: bool = True, prefetch: int = 2) -> Iterator[Result]:
+    """Probabilities for every file in ``paths``, in input order, one :class:`Result` each.
+
+    ``paths`` may be a lazy iterable (millions of files): it is consumed as the pipeline goes.
+    A file that cannot be read yields a result with ``error`` set instead of raising.
+    ``draft=False`` decodes every pixel (bit-for-bit the serial path's input). A model without
+    an engine of its own gets ``make_engine(model, "auto")``.
+    """
+    if batch_size < 1 or workers < 1 or prefetch < 0:
+        raise ValueError("batch_size and workers must be >= 1 and prefetch >= 0")
+    engine = _as_engine(model_or_engine)
+    prep = engine.preprocessing
+    policy = resize or prep.policy
+    draft_to = draft_size(prep, policy) if draft else None
+
+    def load(path: str) -> np.ndarray | str:
+        try:
+            return load_resized(path, prep, policy, draft_to)
+        except BelkaError as exc:
+            return exc.message
+        except Exception as exc:  # noqa: BLE001 - one odd file must not stop a long scan
+            return f"unexpected error: {type(exc).__name__}: {exc}"
+
+    window = batch_size * (prefetch + 1)
+    pending: deque[tuple[str, Future]] = deque()
+    sources = iter(paths)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="belka-decode") as pool:
+        def refill() -> None:
+            while len(pending) < window:
+                path = next(sources, None)
+                if path is None:
+                    return
+                path = os.fspath(path)
+                pending.append((path, pool.submit(load, path)))
+
+        try:
+            refill()
+            chunk: list[tuple[str, np.ndarray | str]] = []
+            images_in_chunk = 0
+            while pending:
+                path, future = pending.popleft()
+                refill()
+                loaded = future.result()
+                chunk.append((path, loaded))
+                images_in_chunk += not isinstance(loaded, str)
+                if images_in_chunk >= batch_size or len(chunk) >= 4 * batch_size or not pending:
+                    yield from _infer(engine, chunk)
+                    chunk, images_in_chunk = [], 0
+        finally:
+            for _, future in pending:  # the caller stopped early: drop queued work
+                future.cancel()
+
+
+def _infer(engine: Engine, chunk: list[tuple[str, np.ndarray | str]]) -> Iterator[Result]:
+    """Run one batch and yield the chunk's results in order (errors in place)."""
+    arrays = [loaded for _, loaded in chunk if not isinstance(loaded, str)]
+    probs = iter(engine.probabilities_from_batch(np.stack(arrays)) if arrays else ())
+    for path, loaded in chunk:
+        if isinstance(loaded, str):
+            yield Result(path, None, loaded)
+        else:
+            yield Result(path, next(probs), None)
