@@ -34,7 +34,10 @@ def photos_dir() -> Path:
     return _need(SHARED / "data" / "photos")
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Tests never touch the user's weight cache; each session gets its own."""
-    monkeypatch.setenv("BELKA_CACHE", str(tmp_path_factory.getbasetemp() / "belka-cache"))
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tests never touch the user's weight cache; the session gets its own, set before any
+    module-scoped fixture builds a model or an engine."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BELKA_CACHE", str(tmp_path_factory.getbasetemp() / "belka-cache"))
+        yield
