@@ -121,7 +121,7 @@ def test_check_json_schema(photos):
     records = {Path(r["path"]).name: r for r in map(json.loads, result.stdout.splitlines())}
     assert records["cat.jpg"]["verdict"] == "accept" and records["coffee.png"]["verdict"] == "warn"
     assert set(records["cat.jpg"]) == {"path", "verdict", "score", "threshold", "allowed",
-                                       "predictions"}
+                                       "predictions", "tile"}
     assert records["cat.jpg"]["score"] > 0.9
 
 

@@ -16,21 +16,38 @@ from .errors import BelkaError, ImageError, ModelError, UsageError, WeightsError
 __version__ = "0.1.0"
 
 
-def load(name: str = "efficientnet_lite0", *, weights: str | os.PathLike | None = None,
-         device: str | None = None, progress: bool = True):
+def load(name: str | None = None, *, weights: str | os.PathLike | None = None,
+         device: str | None = None, progress: bool = True,
+         head: str | os.PathLike | None = None):
     """Load a pretrained model by name (``belka.models.available()`` lists them).
 
     ``weights`` overrides the default source: a local file or an http(s) URL (cached and
     checked). The default model, EfficientNet-Lite0, ships with the package and needs no
     network. ``device`` defaults to CUDA when present, else the CPU.
+
+    ``head`` is a ``.belka`` file from ``belka train``: the model's classes become the head's
+    (``classify`` and ``check`` use them). ``name`` then defaults to the head's backbone; a
+    head trained on another backbone or other weights raises :class:`ModelError`.
     """
     from .models.model import load_model
 
-    return load_model(name, weights=weights, device=device, progress=progress)
+    if head is None:
+        return load_model(name or "efficientnet_lite0", weights=weights, device=device,
+                          progress=progress)
+    from .heads import Head
+
+    trained = Head.load(head)
+    base = load_model(name or trained.backbone.get("name") or "efficientnet_lite0",
+                      weights=weights, device=device, progress=progress)
+    return trained.attach(base)
 
 
 def __getattr__(name: str):
     # Heavy modules (torch) load on first use, so `import belka` and `belka --help` stay fast.
+    if name == "explain":  # the package is callable: belka.explain(model, images, ...)
+        import importlib
+
+        return importlib.import_module(".explain", __name__)
     if name in {"Model", "Prediction"}:
         from .models import model
 
@@ -42,5 +59,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'belka' has no attribute {name!r}")
 
 
-__all__ = ["load", "Model", "Prediction", "Gate", "CheckResult", "BelkaError", "ImageError",
+__all__ = ["load", "explain", "Model", "Prediction", "Gate", "CheckResult", "BelkaError", "ImageError",
            "ModelError", "UsageError", "WeightsError", "__version__"]

@@ -24,10 +24,24 @@ def model_options(f):
     return f
 
 
-def load_model(model_name: str, weights: str | None):
+def head_option(f):
+    """--head FILE.belka: a head from `belka train` whose classes replace ImageNet's."""
+    return click.option("--head", "head", type=click.Path(dir_okay=False), default=None,
+                        metavar="FILE.belka",
+                        help="a head from `belka train`: its classes replace ImageNet's "
+                             "(the model defaults to the head's backbone)")(f)
+
+
+def load_model(model_name: str, weights: str | None, head: str | None = None):
     import belka
 
-    return belka.load(model_name, weights=weights)
+    if head is None:
+        return belka.load(model_name, weights=weights)
+    # With a head, --model defaults to the head's own backbone unless given explicitly.
+    ctx = click.get_current_context(silent=True)
+    explicit = ctx is not None and ctx.get_parameter_source("model_name") not in (
+        None, click.core.ParameterSource.DEFAULT)
+    return belka.load(model_name if explicit else None, weights=weights, head=head)
 
 
 def _emit(as_json: bool, record: dict, text: str) -> None:
@@ -42,9 +56,14 @@ def _emit(as_json: bool, record: dict, text: str) -> None:
               help='JSON lines: {"path", "predictions": [{"label", "index", "probability"}]} '
                    'or {"path", "error"}')
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 512))
+@click.option("--tiles/--no-tiles", default=False, show_default=True,
+              help="also look at overlapping tiles at higher resolution; each class is scored "
+                   "by its best view (probabilities then no longer sum to 1)")
+@head_option
 @model_options
-def classify(paths, top, as_json, batch_size, model_name, weights, resize):
-    """Name what is in each image: the top ImageNet classes with their probabilities.
+def classify(paths, top, as_json, batch_size, tiles, head, model_name, weights, resize):
+    """Name what is in each image: the top ImageNet classes (or a head's classes) with their
+    probabilities.
 
     PATHS are image files or folders (walked recursively). A file that cannot be read is
     reported and skipped; the exit code is 2 if any failed, else 0.
@@ -53,12 +72,15 @@ def classify(paths, top, as_json, batch_size, model_name, weights, resize):
     Examples:
       belka classify squirrel.jpg
       belka classify photos/ --top 3 --json > labels.jsonl
+      belka classify park.jpg --head squirrel.belka --tiles
     """
     from ..scan import scan
 
-    model = load_model(model_name, weights)
+    model = load_model(model_name, weights, head)
     failed = 0
-    for item in scan(model, paths, batch_size=batch_size, resize=resize):
+    items = _tiled_items(model, paths, resize) if tiles else scan(
+        model, paths, batch_size=batch_size, resize=resize)
+    for item in items:
         if item.error is not None:
             failed += 1
             if as_json:
@@ -73,20 +95,49 @@ def classify(paths, top, as_json, batch_size, model_name, weights, resize):
     sys.exit(2 if failed else 0)
 
 
+def _tiled_items(model, paths, resize):
+    """scan()-like items whose probabilities are each class's best view (belka.tiling)."""
+    from .. import images
+    from ..errors import ImageError
+    from ..scan import ScanItem, expand
+    from ..tiling import tiled_probabilities
+
+    for path, error in expand(paths):
+        if error is None:
+            try:
+                probs, _, _ = tiled_probabilities(model, images.decode(path), policy=resize)
+                yield ScanItem(path, probabilities=probs)
+                continue
+            except ImageError as err:
+                error = err.message
+        yield ScanItem(path, error=error)
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--allow", default="squirrel", show_default=True, metavar="CLASSES",
+@click.option("--allow", default=None, metavar="CLASSES",
               help="what to accept: a group (squirrel, cat, dog, bird, ...), ImageNet class names "
-                   "or indices, comma-separated")
+                   "or indices, comma-separated; with --head, the head's class names "
+                   "[default: squirrel, or the policy's]")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, metavar="P",
               help="accept when the allowed classes' summed probability is at least P "
-                   "[default: 0.01, see the README]")
+                   "[default: the policy's; else the head's calibrated threshold; else 0.1 with "
+                   "tiles, 0.01 without; see the README]")
+@click.option("--tiles/--no-tiles", default=None,
+              help="also look at overlapping tiles at higher resolution (finds small squirrels; "
+                   "14-22 forwards per photo instead of 1) [default: on]")
+@click.option("--policy", "policy", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE.json",
+              help="a calibrated policy from `belka calibrate`: allowed classes, threshold, tiles")
 @click.option("--json", "as_json", is_flag=True,
               help='JSON lines: {"path", "verdict", "score", "threshold", "allowed", '
-                   '"predictions"} or {"path", "error"}')
+                   '"predictions", "tile"} or {"path", "error"}; "tile" is [x0, y0, x1, y1] of '
+                   'the tile that decided, null for the whole image')
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 512))
+@head_option
 @model_options
-def check(paths, allow, threshold, as_json, batch_size, model_name, weights, resize):
+def check(paths, allow, threshold, tiles, policy, as_json, batch_size, head, model_name, weights,
+          resize):
     """The upload gate: accept an image when it looks like an allowed class, warn when not.
 
     Exit code: 0 every image accepted, 3 at least one warned ("this does not look like a
@@ -96,25 +147,25 @@ def check(paths, allow, threshold, as_json, batch_size, model_name, weights, res
     Examples:
       belka check upload.jpg --allow squirrel
       belka check uploads/ --allow cat,dog --json
+      belka check upload.jpg --head squirrel.belka --allow squirrel
+      belka check upload.jpg --head squirrel.belka --policy policy.json
     """
     from ..gate import ACCEPT, Gate
-    from ..scan import scan
 
-    model = load_model(model_name, weights)
-    gate = Gate(model, allow=allow, threshold=threshold)
+    model = load_model(model_name, weights, head)
+    gate = Gate(model, allow=allow, threshold=threshold, tiles=tiles, policy=policy)
     worst = 0
-    for item in scan(model, paths, batch_size=batch_size, resize=resize):
-        if item.error is not None:
+    for path, result, error in gate.check_paths(paths, batch_size=batch_size, resize=resize):
+        if error is not None:
             worst = 2
             if as_json:
-                click.echo(json.dumps({"path": item.path, "error": item.error}))
+                click.echo(json.dumps({"path": path, "error": error}))
             else:
-                click.echo(f"belka: {item.path}: {item.error}", err=True)
+                click.echo(f"belka: {path}: {error}", err=True)
             continue
-        result = gate.decide(item.probabilities, path=item.path)
         if result.verdict != ACCEPT and worst == 0:
             worst = 3
-        _emit(as_json, result.to_dict(), f"{result.verdict.upper():6}  {item.path}: {result.message}")
+        _emit(as_json, result.to_dict(), f"{result.verdict.upper():6}  {path}: {result.message}")
     sys.exit(worst)
 
 

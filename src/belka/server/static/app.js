@@ -9,11 +9,17 @@ function showError(message) {
   el.hidden = !message;
 }
 
+// Never throws: a network failure (server down, connection reset) comes back as status 0 with
+// a body whose detail says so, like the server's own JSON errors {"detail", "error"}.
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
-  const type = response.headers.get("content-type") || "";
-  const body = type.includes("application/json") ? await response.json() : null;
-  return { ok: response.ok, status: response.status, body };
+  try {
+    const response = await fetch(path, options);
+    const type = response.headers.get("content-type") || "";
+    const body = type.includes("application/json") ? await response.json() : null;
+    return { ok: response.ok, status: response.status, body };
+  } catch (err) {
+    return { ok: false, status: 0, body: { detail: "The server could not be reached. Try again.", error: "network" } };
+  }
 }
 
 function formWith(file, fields = {}) {
@@ -28,6 +34,8 @@ function uploadPage() {
   const input = $("#file");
   const zone = $("#upload-form");
   let current = null;
+  let checks = 0;    // the latest check wins when photos are picked faster than answers come
+  let previewUrl = null;
 
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
@@ -41,15 +49,23 @@ function uploadPage() {
   $("#store-anyway").addEventListener("click", () => store(true));
 
   async function check(file) {
+    const seq = ++checks;
     current = file;
     showError("");
     $("#stored").textContent = "";
+    $("#verdict").className = "";
     $("#verdict").textContent = "Checking…";
+    $("#store").hidden = true;
+    $("#store-anyway").hidden = true;
     $("#result").hidden = false;
-    $("#preview").src = URL.createObjectURL(file);
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = URL.createObjectURL(file);
+    $("#preview").src = previewUrl;
     $("#heatmap").removeAttribute("src");
+    $("#heatmap-caption").textContent = "where the model looked";
     $("#top5").innerHTML = "";
     const { ok, body } = await api("/api/v1/check", { method: "POST", body: formWith(file) });
+    if (seq !== checks) return;  // another photo was picked meanwhile
     if (!ok) {
       $("#result").hidden = true;
       showError(body ? body.detail : "The server could not read this file.");
@@ -76,6 +92,7 @@ function uploadPage() {
 
   async function store(confirm) {
     if (!current) return;
+    showError("");
     const { ok, body } = await api(`/api/v1/uploads?confirm=${confirm}`, {
       method: "POST", body: formWith(current),
     });
@@ -109,7 +126,14 @@ function galleryPage() {
       del.type = "button";
       del.textContent = "Delete";
       del.addEventListener("click", async () => {
-        await api(`/api/v1/uploads/${item.id}`, { method: "DELETE" });
+        del.disabled = true;
+        const result = await api(`/api/v1/uploads/${item.id}`, { method: "DELETE" });
+        if (!result.ok && result.status !== 404) {
+          del.disabled = false;
+          showError(result.body ? result.body.detail : "Could not delete it.");
+          return;
+        }
+        showError("");
         if (body.items.length === 1 && offset > 0) offset -= limit;
         load();
       });
@@ -132,14 +156,28 @@ function explainPage() {
   $("#cancel").addEventListener("click", async () => {
     if (jobId) await api(`/api/v1/jobs/${jobId}`, { method: "DELETE" });
   });
+  const submit = $("#explain-form button[type=submit]");
   $("#explain-form").addEventListener("submit", async (e) => {
     e.preventDefault();
+    if (submit.disabled) return;  // one explanation at a time
     showError("");
+    submit.disabled = true;
+    try {
+      await explain();
+    } finally {
+      submit.disabled = false;
+      $("#progress").hidden = true;
+      $("#cancel").hidden = true;
+      jobId = null;
+    }
+  });
+
+  async function explain() {
     let file = $("#file").files[0];
     const id = $("#upload-id").value;
     if (!file && id) {
-      const response = await fetch(`/api/v1/uploads/${id}/image`);
-      if (!response.ok) { showError(`No stored upload #${id}.`); return; }
+      const response = await fetch(`/api/v1/uploads/${id}/image`).catch(() => null);
+      if (!response || !response.ok) { showError(`No stored upload #${id}.`); return; }
       file = new File([await response.blob()], `upload-${id}`);
     }
     if (!file) { showError("Pick a photo or give a stored upload id."); return; }
@@ -154,10 +192,13 @@ function explainPage() {
     $("#cancel").hidden = false;
     for (;;) {
       await new Promise((r) => setTimeout(r, 300));
-      const { body } = await api(`/api/v1/jobs/${jobId}`);
+      const { ok, body } = await api(`/api/v1/jobs/${jobId}`);
+      if (!ok) { showError(body ? body.detail : "Lost track of the job."); break; }
       if (body.total) { $("#progress").max = body.total; $("#progress").value = body.done; }
       if (body.status === "done") {
-        const result = (await api(body.result_url)).body;
+        const answer = await api(body.result_url);
+        if (!answer.ok) { showError(answer.body ? answer.body.detail : "Explain failed."); break; }
+        const result = answer.body;
         $("#overlay").src = result.overlay_url;
         $("#heat").src = result.heatmap_url;
         $("#explain-caption").textContent = `${result.method} at ${result.layer} for “${result.label}” (${(result.probability * 100).toFixed(1)}%)`;
@@ -169,10 +210,7 @@ function explainPage() {
         break;
       }
     }
-    $("#progress").hidden = true;
-    $("#cancel").hidden = true;
-    jobId = null;
-  });
+  }
 }
 
 ({ upload: uploadPage, gallery: galleryPage, explain: explainPage })[window.belkaPage]?.();

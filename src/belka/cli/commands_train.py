@@ -1,0 +1,269 @@
+"""``belka train``, ``belka calibrate`` and ``belka evaluate``: custom classes and calibrated
+gates from folders of labelled photos (one sub-folder per class)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from . import main
+from .commands_models import head_option, load_model
+
+FOLDERS_HELP = "DATA_DIR holds one sub-folder of photos per class (e.g. squirrel/, cat/, other/)."
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              metavar="FILE.belka", help="the head file to write")
+@click.option("--model", "model_name", default="efficientnet_lite0", show_default=True,
+              metavar="NAME", help="the frozen backbone (see `belka models`)")
+@click.option("--weights", metavar="PATH|URL", default=None,
+              help="weight file or URL instead of the model's default source")
+@click.option("--epochs", default=60, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="the same photos, options and seed give the same head")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 50),
+              help="cross-validation folds (bursts of similar photos stay in one fold)")
+@click.option("--max-false-accept", default=0.01, show_default=True,
+              type=click.FloatRange(0, 1), help="false-accept target for the saved thresholds")
+@click.option("--tiles/--no-tiles", default=True, show_default=True,
+              help="embed tiles too: thresholds for the tiled gate, and 'other' tiles for "
+                   "training (14-22 forwards per photo instead of 6)")
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
+              help="where to write the confusion matrix PNG and the report JSON "
+                   "[default: next to the head file]")
+def train(data_dir, out, model_name, weights, epochs, seed, folds, max_false_accept, tiles,
+          report_dir):
+    """Train a head for your own classes on a frozen backbone.
+
+    \b
+    DATA_DIR holds one sub-folder of photos per class, e.g.
+      photos/squirrel/*.jpg  photos/cat/*.jpg  photos/other/*.jpg
+    An `other` folder (anything that is none of the classes) makes the gate much safer.
+
+    Each photo is embedded once (whole, mirrored, four corner crops, and tiles), a linear head
+    is cross-validated with bursts of similar photos kept in one fold, thresholds are chosen on
+    the out-of-fold scores, and the final head is trained on every photo. Prints per-class
+    precision and recall and writes a confusion-matrix PNG and a JSON report.
+
+    \b
+    Examples:
+      belka train photos/ -o squirrel.belka
+      belka check upload.jpg --head squirrel.belka --allow squirrel
+    """
+    from .. import heads
+    from ..tiling import DEFAULT_TILING
+
+    model = load_model(model_name, weights)
+    photos = heads.read_folder(data_dir)
+    counts = ", ".join(f"{l} {int((photos.y == i).sum())}" for i, l in enumerate(photos.labels))
+    click.echo(f"{len(photos.paths)} photos in {len(photos.labels)} classes ({counts}); "
+               f"backbone {model.name}", err=True)
+    options = heads.TrainOptions(epochs=epochs, seed=seed, folds=folds,
+                                 max_false_accept=max_false_accept,
+                                 tiling=DEFAULT_TILING if tiles else None)
+    result = heads.train(model, photos, options)
+    head = result.head
+    out_path = head.save(out)
+    folder = Path(report_dir) if report_dir else out_path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = out_path.name[:-len(heads.HEAD_SUFFIX)] if out_path.name.endswith(
+        heads.HEAD_SUFFIX) else out_path.stem
+    png = heads.plot_confusion(result.confusion, photos.labels, folder / f"{stem}.confusion.png")
+    report_path = folder / f"{stem}.report.json"
+    report_path.write_text(json.dumps(head.metadata()["report"], indent=2) + "\n",
+                           encoding="utf-8")
+
+    rep = head.report
+    click.echo(f"\nhead {out_path}: {', '.join(head.labels)}; {rep['photos']} photos in "
+               f"{rep['groups']} burst groups, {rep['folds']}-fold cross-validation; "
+               f"{rep['forwards']} forwards ({rep['forwards'] / max(1, rep['photos']):.1f} per "
+               f"photo), {rep['seconds'].get('total', 0):.0f} s")
+    click.echo("\nout of fold, whole image, most likely class:")
+    click.echo(f"  {'class':16} {'photos':>6} {'precision':>9} {'recall':>7}")
+    for label, row in rep["classes"].items():
+        click.echo(f"  {label:16} {row['photos']:6} {_pct(row['precision']):>9} "
+                   f"{_pct(row['recall']):>7}")
+    click.echo(f"\nthresholds for --allow CLASS (<= {max_false_accept:g} false accepts on "
+               f"out-of-fold scores; held-out: chosen on other folds):")
+    for label, modes in rep["gate"].items():
+        for mode, g in modes.items():
+            click.echo(f"  {label:16} {mode:5}  threshold {g['threshold']:.4g}: accepts "
+                       f"{_pct(g['accept_rate'])} of {label}, {g['false_accept_rate']:.1%} of the "
+                       f"rest (held-out {_pct(g['heldout_accept_rate'])} / "
+                       f"{g['heldout_false_accept_rate']:.1%})")
+    if photos.skipped:
+        click.echo(f"\nskipped {len(photos.skipped)} unreadable files (see the report)", err=True)
+    click.echo(f"\nconfusion matrix: {png}\nreport: {report_path}")
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--allow", default="squirrel", show_default=True, metavar="CLASSES",
+              help="what the gate accepts; the sub-folder(s) named after it are the positives")
+@click.option("--max-false-accept", default=0.01, show_default=True, type=click.FloatRange(0, 1),
+              help="highest share of the other folders' photos the gate may accept")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE.json|FILE.belka",
+              help="save the threshold: a policy JSON (for `belka check --policy`), or, with "
+                   "--head and a .belka name, a copy of the head with this threshold")
+@click.option("--roc", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
+              help="where to write the ROC curve [default: OUT with .roc.png, else roc.png]")
+@click.option("--tiles/--no-tiles", default=True, show_default=True)
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 50))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="print the calibration as JSON")
+@head_option
+@click.option("--model", "model_name", default="efficientnet_lite0", show_default=True,
+              metavar="NAME")
+@click.option("--weights", metavar="PATH|URL", default=None)
+def calibrate(data_dir, allow, max_false_accept, out, roc, tiles, folds, seed, as_json, head,
+              model_name, weights):
+    """Choose the threshold that keeps false accepts at or under a target.
+
+    \b
+    DATA_DIR holds one sub-folder per class; the folder named after --allow holds the photos
+    to accept, all others the photos to refuse. Every photo is scored by the gate, the
+    threshold is chosen on training folds and measured on held-out folds (bursts of similar
+    photos kept together), and the held-out false-accept and accept rates are printed. A head
+    that was trained on some of these photos is retrained in cross-validation, so that no photo
+    is scored by a head that has seen it.
+
+    \b
+    Examples:
+      belka calibrate photos/ --allow squirrel --max-false-accept 0.01 -o policy.json
+      belka check upload.jpg --policy policy.json
+      belka calibrate photos/ --head squirrel.belka --allow squirrel -o squirrel.belka
+    """
+    from .. import calibrate as cal
+    from ..errors import UsageError
+
+    model = load_model(model_name, weights, head)
+    if out and out.endswith(".belka") and head is None:
+        raise UsageError("saving the threshold into a .belka file needs --head")
+    scored = cal.score_folder(model, data_dir, allow, tiles=tiles, folds=folds, seed=seed)
+    floor = 0.0
+    if getattr(model, "head", None) is not None:
+        from ..heads import MIN_HEAD_THRESHOLD
+
+        floor = MIN_HEAD_THRESHOLD
+    result = cal.calibrate_scores(scored, allow, max_false_accept, folds=folds, seed=seed,
+                                  floor=floor, tiles=tiles)
+    roc_path = Path(roc) if roc else (Path(out).with_suffix(".roc.png") if out else Path("roc.png"))
+    cal.plot_roc(scored.scores, scored.positive, roc_path, threshold=result.threshold,
+                 title=f"{allow}: {'tiles' if tiles else 'whole image'}, "
+                       f"{'out-of-fold ' if scored.out_of_fold else ''}scores")
+    saved = None
+    if out:
+        if out.endswith(".belka"):
+            trained = model.head
+            mode = "tiles" if tiles else "whole"
+            labels = [a.strip() for a in allow.split(",")]
+            if len(labels) != 1 or labels[0] not in trained.labels:
+                raise UsageError("a head stores thresholds for one of its classes: use -o "
+                                 "policy.json to save a threshold for several")
+            trained.thresholds.setdefault(mode, {})[labels[0]] = round(result.threshold, 6)
+            trained.report.setdefault("calibration", {})[f"{labels[0]}/{mode}"] = result.to_dict()
+            saved = trained.save(out)
+        else:
+            saved = cal.policy_for(model, result, allow).save(out)
+    if as_json:
+        click.echo(json.dumps(result.to_dict() | {"roc": str(roc_path),
+                                                  "saved": str(saved) if saved else None}))
+        return
+    held = result.heldout
+    click.echo(f"{result.positives} {allow} photos, {result.negatives} others; gate: "
+               f"{'head' if floor else 'ImageNet classes'}, "
+               f"{'whole image + tiles' if tiles else 'whole image'}"
+               f"{'; scores out of fold (head retrained without each burst)' if scored.out_of_fold else ''}")
+    click.echo(f"threshold {result.threshold:.4g} (<= {max_false_accept:g} false accepts): accepts "
+               f"{result.accept_rate:.0%} of {allow} photos, {result.false_accept_rate:.1%} of others")
+    click.echo(f"held out ({len(held.thresholds)} folds, threshold chosen on the others): accepts "
+               f"{held.heldout_accept_rate:.0%} ({held.accepts}/{held.positives}), false accepts "
+               f"{held.heldout_false_accept_rate:.1%} ({held.false_accepts}/{held.negatives})")
+    for path in result.false_accepts:
+        click.echo(f"  false accept: {path}")
+    click.echo(f"ROC curve: {roc_path}" + (f"\nsaved: {saved}" if saved else ""))
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--allow", default=None, metavar="CLASSES",
+              help="what the gate accepts [default: squirrel, or the policy's]")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, metavar="P")
+@click.option("--policy", type=click.Path(dir_okay=False), default=None, metavar="FILE.json")
+@click.option("--tiles/--no-tiles", default=None, help="[default: on, or the policy's]")
+@click.option("--json", "as_json", is_flag=True,
+              help='JSON: {"folders": {name: {"photos", "accepted", "rate", "positive"}}, '
+                   '"false_accepts": [{"path", "score", "tile"}], "missed": [...]}')
+@head_option
+@click.option("--model", "model_name", default="efficientnet_lite0", show_default=True,
+              metavar="NAME")
+@click.option("--weights", metavar="PATH|URL", default=None)
+def evaluate(data_dir, allow, threshold, policy, tiles, as_json, head, model_name, weights):
+    """Run the gate over labelled folders: accept rate per sub-folder, false accepts by file.
+
+    The sub-folder named after --allow should be accepted; every other folder's accepted
+    photos are false accepts and are listed.
+
+    \b
+    Example:
+      belka evaluate photos/ --head squirrel.belka --allow squirrel
+    """
+    from .. import heads
+    from ..calibrate import positive_folders
+    from ..gate import Gate
+
+    model = load_model(model_name, weights, head)
+    gate = Gate(model, allow=allow, threshold=threshold, tiles=tiles, policy=policy)
+    photos = heads.read_folder(data_dir)
+    positive = positive_folders(model, photos.labels, gate.allow)
+    label_of = dict(zip(photos.paths, photos.y.tolist()))
+    stats = {l: {"photos": 0, "accepted": 0, "positive": bool(p)}
+             for l, p in zip(photos.labels, positive)}
+    false_accepts, missed, errors = [], [], []
+    for path, result, error in gate.check_paths(photos.paths):
+        if error is not None:
+            errors.append({"path": path, "error": error})
+            continue
+        label = photos.labels[label_of[path]]
+        stats[label]["photos"] += 1
+        stats[label]["accepted"] += int(result.accepted)
+        entry = {"path": path, "score": round(result.score, 6),
+                 "tile": result.tile.to_list() if result.tile else None}
+        if result.accepted and not stats[label]["positive"]:
+            false_accepts.append(entry)
+        elif not result.accepted and stats[label]["positive"]:
+            missed.append(entry)
+    for s in stats.values():
+        s["rate"] = round(s["accepted"] / s["photos"], 4) if s["photos"] else None
+    seen = sum(heads.seen_in_training(model.head, photos.paths)) if getattr(
+        model, "head", None) is not None else 0
+    if as_json:
+        click.echo(json.dumps({"allow": gate.allowed, "threshold": gate.threshold,
+                               "tiles": gate.tiles, "folders": stats,
+                               "false_accepts": false_accepts, "missed": missed,
+                               "errors": errors, "seen_in_training": seen}))
+        return
+    click.echo(f"gate: allow {gate.allowed}, threshold {gate.threshold:g}, "
+               f"{'whole image + tiles' if gate.tiles else 'whole image'}")
+    click.echo(f"  {'folder':16} {'photos':>6} {'accepted':>8} {'rate':>6}")
+    for label, s in stats.items():
+        mark = "  (should be accepted)" if s["positive"] else ""
+        click.echo(f"  {label:16} {s['photos']:6} {s['accepted']:8} {_pct(s['rate']):>6}{mark}")
+    click.echo(f"\nfalse accepts: {len(false_accepts)}")
+    for e in false_accepts:
+        where = f" in tile {e['tile']}" if e["tile"] else ""
+        click.echo(f"  {e['path']}  score {e['score']:.3f}{where}")
+    if seen:
+        click.echo(f"\nnote: {seen} of these photos were used to train the head, so these rates "
+                   f"are optimistic; `belka calibrate` gives held-out rates", err=True)
+    for e in errors:
+        click.echo(f"belka: {e['path']}: {e['error']}", err=True)

@@ -1,0 +1,252 @@
+"""Heads: burst groups, training (reproducible), the .belka file (save/load, backbone check),
+"none of the above", and the train/classify/check/evaluate commands.
+
+Small and fast: the photos are 96 x 96 crops of scikit-image's sample pictures (too small for
+tiles), embedded once per module."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import belka
+from belka import heads
+from belka.cli import main
+from belka.errors import ModelError, UsageError
+
+skdata = pytest.importorskip("skimage.data")
+
+CLASSES = {"cat": "chelsea", "coffee": "coffee", "other": "astronaut"}
+UNKNOWN = ("rocket", "hubble_deep_field", "immunohistochemistry", "coins", "moon", "camera",
+           "page", "horse")
+
+
+def _crops(image: np.ndarray, n: int, seed: int, size: int = 96) -> list[np.ndarray]:
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    image = image[..., :3]
+    if image.dtype != np.uint8:
+        image = (255 * (image.astype(float) / max(1, image.max()))).astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    h, w = image.shape[:2]
+    out = []
+    for _ in range(n):
+        side = int(min(h, w) * rng.uniform(0.6, 0.9))
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        out.append(np.asarray(Image.fromarray(image[y:y + side, x:x + side]).resize((size, size))))
+    return out
+
+
+def make_folder(root: Path, per_class: int = 4, classes: dict = CLASSES) -> Path:
+    for label, name in classes.items():
+        (root / label).mkdir(parents=True)
+        for i, crop in enumerate(_crops(getattr(skdata, name)(), per_class, seed=len(label))):
+            # distinct stems: every photo is its own burst
+            Image.fromarray(crop).save(root / label / f"{label}_{'abcdefgh'[i]}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model():
+    return belka.load()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, model):
+    root = make_folder(tmp_path_factory.mktemp("heads"))
+    photos = heads.read_folder(root)
+    embedded = heads.embed_photos(model, photos.paths, augment=True, tiling=None, progress=False)
+    return root, photos, embedded
+
+
+OPTIONS = heads.TrainOptions(epochs=15, folds=3, tiling=None)
+
+
+@pytest.fixture(scope="module")
+def trained(model, dataset):
+    _, photos, embedded = dataset
+    return heads.train(model, photos, OPTIONS, embedded=embedded, progress=False)
+
+
+# -- bursts ----------------------------------------------------------------------------------
+def test_burst_keys_and_groups():
+    assert heads.burst_key("photos/cjmcdd_squirrel14.jpg") == "cjmcdd_squirrel"
+    assert heads.burst_key("IMG_0042 (2).JPG") == "img"
+    assert heads.burst_key("2024.jpg") == "2024"
+    names = [f"cjmcdd_squirrel{i}.jpg" for i in range(1, 15)] + [
+        "IMG_0042.jpg", "IMG_0950.jpg", "imagen_n02355227_4298_squirrel.jpg", "sift_squirrel1.jpg"]
+    groups = heads.burst_groups(names)
+    assert len(set(groups[:14])) == 1                      # one burst
+    assert len(set(groups.tolist())) == 5                  # IMG_0042 and IMG_0950 are apart
+    # near-identical embeddings join groups even with unrelated names
+    emb = np.eye(4, 8, dtype=np.float32)
+    emb[3] = emb[0] + 0.01
+    assert heads.burst_groups(["a.jpg", "b.jpg", "c.jpg", "d.jpg"], emb).tolist() == [0, 1, 2, 0]
+
+
+def test_folds_keep_bursts_together():
+    y = np.array([0] * 14 + [0, 0, 0] + [1] * 10)
+    groups = np.array([0] * 14 + [1, 2, 3] + list(range(4, 14)))
+    for train, test in heads.fold_splits(y, groups, 3, seed=0):
+        assert not set(groups[train]) & set(groups[test])
+
+
+def test_read_folder_needs_two_classes(tmp_path):
+    (tmp_path / "squirrel").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "squirrel" / "a.png")
+    with pytest.raises(UsageError, match="at least two"):
+        heads.read_folder(tmp_path)
+    (tmp_path / "cat").mkdir()
+    with pytest.raises(UsageError, match="no images in cat"):
+        heads.read_folder(tmp_path)
+
+
+# -- training and the file --------------------------------------------------------------------
+def test_head_learns_and_reports(trained, dataset):
+    _, photos, _ = dataset
+    head = trained.head
+    assert head.labels == ["cat", "coffee", "other"]
+    assert head.prior == {"cat": [281, 282, 283, 284, 285]}      # "cat" is an ImageNet group
+    assert trained.confusion.sum() == len(photos.paths)
+    assert np.trace(trained.confusion) >= len(photos.paths) - 1  # out of fold, nearly all right
+    for label in head.labels:
+        assert set(head.report["classes"][label]) == {"photos", "precision", "recall"}
+        t = head.thresholds["whole"][label]
+        assert heads.MIN_HEAD_THRESHOLD <= t <= 1.0
+    assert head.floors.shape == (3,) and (head.floors > 0).all()
+
+
+def test_save_and_reload_give_identical_outputs(trained, model, dataset, tmp_path):
+    root, photos, _ = dataset
+    path = trained.head.save(tmp_path / "h.belka")
+    loaded = heads.Head.load(path)
+    batch = np.stack([model.preprocessing.resize(belka.images.decode(p)) for p in photos.paths[:6]])
+    before = trained.head.attach(model).probabilities_from_batch(batch)
+    after = loaded.attach(model).probabilities_from_batch(batch)
+    np.testing.assert_array_equal(before, after)
+    assert loaded.fingerprint == trained.head.fingerprint
+    assert loaded.thresholds == trained.head.thresholds
+    np.testing.assert_array_equal(loaded.floors, trained.head.floors)
+    # the metadata travels in the safetensors header
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        meta = f.metadata()
+        assert {"weight", "bias", "mean", "scale", "references"} <= set(f.keys())
+    assert meta["format"] == "belka-head"
+    doc = json.loads(meta["belka"])
+    assert doc["backbone"] == {"name": "efficientnet_lite0", "weights_sha256": model.weights_sha256,
+                               "embedding_dim": 1280}
+    assert doc["labels"] == ["cat", "coffee", "other"] and doc["belka_version"] == belka.__version__
+    assert doc["preprocessing"]["size"] == 224 and "report" in doc and "thresholds" in doc
+    # belka.load(head=...) gives a model whose classes are the head's
+    with_head = belka.load(head=path)
+    assert with_head.labels == ["cat", "coffee", "other"]
+    top = with_head.classify(photos.paths[0], top=1)[0]
+    assert top.label == "cat"
+
+
+def test_training_is_reproducible_with_a_seed(model, dataset, trained):
+    _, photos, embedded = dataset
+    again = heads.train(model, photos, OPTIONS, embedded=embedded, progress=False)
+    assert again.head.fingerprint == trained.head.fingerprint
+    other_seed = heads.train(model, photos, heads.TrainOptions(epochs=15, folds=3, tiling=None,
+                                                               seed=1),
+                             embedded=embedded, progress=False)
+    assert other_seed.head.fingerprint != trained.head.fingerprint
+
+
+def test_a_different_backbone_is_refused(trained, model, tmp_path):
+    path = trained.head.save(tmp_path / "h.belka")
+    with pytest.raises(ModelError, match="trained on efficientnet_lite0"):
+        belka.load("mobilenet_v2", weights="none", head=path)
+    impostor = belka.load()
+    impostor.weights_sha256 = "0" * 64                      # same architecture, other weights
+    with pytest.raises(ModelError, match="weights sha256"):
+        heads.Head.load(path).attach(impostor)
+
+
+def test_bad_head_files_are_clear(tmp_path):
+    with pytest.raises(UsageError, match="no such head file"):
+        heads.Head.load(tmp_path / "missing.belka")
+    (tmp_path / "junk.belka").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all")
+    with pytest.raises(ModelError, match="not a belka head file"):
+        heads.Head.load(tmp_path / "junk.belka")
+    from safetensors.numpy import save_file
+
+    save_file({"x": np.zeros(3, np.float32)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ModelError, match="not a belka head file"):
+        heads.Head.load(tmp_path / "plain.safetensors")
+
+
+# -- none of the above -------------------------------------------------------------------------
+def test_unknown_things_are_not_accepted_as_the_least_unlikely_class(model, dataset):
+    """A cat-vs-coffee head (no `other` class) sees pictures of neither: the softmax must pick
+    one of the two, but the novelty floor keeps them from being accepted as cats."""
+    _, photos, embedded = dataset
+    keep = photos.y != photos.labels.index("other")
+    two = heads.LabelledPhotos([p for p, k in zip(photos.paths, keep) if k], ["cat", "coffee"],
+                               photos.y[keep])
+    sub = heads.Embedded(embedded.whole[keep], [a for a, k in zip(embedded.augment, keep) if k],
+                         [t for t, k in zip(embedded.tiles, keep) if k],
+                         [b for b, k in zip(embedded.boxes, keep) if k])
+    head = heads.train(model, two, OPTIONS, embedded=sub, progress=False).head
+    head_model = head.attach(model)
+    unknown = [c for name in UNKNOWN for c in _crops(getattr(skdata, name)(), 1, seed=3, size=160)]
+    gate = belka.Gate(head_model, "cat", tiles=False)
+    results = gate.check_many(unknown)
+    probs = head_model.probabilities(unknown)[:, 0]
+    assert (probs > 0.5).sum() >= 2          # the trap: two classes, so P(cat) is often high
+    assert not any(r.accepted for r in results), [(r.score, r.known) for r in results]
+    # every one the head alone would have accepted is flagged "none of the above"
+    assert sum(not r.known for r in results) == (probs >= gate.threshold).sum() >= 2
+    assert "none of the above" in next(r for r in results if not r.known).message
+    # while real cats are still accepted
+    cats = [c for c in _crops(skdata.chelsea(), 3, seed=11, size=128)]
+    assert all(r.accepted for r in gate.check_many(cats))
+
+
+# -- the commands ------------------------------------------------------------------------------
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_train_classify_check_evaluate_commands(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=3,
+                       classes={"cat": "chelsea", "other": "coffee"})
+    out = tmp_path / "cat.belka"
+    result = run("train", str(data), "-o", str(out), "--epochs", "10", "--folds", "3",
+                 "--no-tiles", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert "precision" in result.stdout and "threshold" in result.stdout
+    assert out.exists() and (tmp_path / "cat.confusion.png").exists()
+    report = json.loads((tmp_path / "cat.report.json").read_text())
+    assert set(report["classes"]) == {"cat", "other"}
+    cat = data / "cat" / "cat_a.png"
+    classify = run("classify", str(cat), "--head", str(out), "--json", "--top", "2")
+    assert classify.exit_code == 0, classify.output
+    preds = json.loads(classify.stdout)["predictions"]
+    assert [p["label"] for p in preds] == ["cat", "other"]
+    check = run("check", str(cat), "--head", str(out), "--allow", "cat", "--no-tiles", "--json")
+    record = json.loads(check.stdout)
+    assert check.exit_code == 0 and record["verdict"] == "accept" and record["tile"] is None
+    assert {"path", "verdict", "score", "threshold", "allowed", "predictions"} <= set(record)
+    warned = run("check", str(data / "other" / "other_a.png"), "--head", str(out), "--allow",
+                 "cat", "--no-tiles")
+    assert warned.exit_code == 3
+    bad = run("check", str(cat), "--head", str(out), "--allow", "squirrel")
+    assert bad.exit_code == 2 and "unknown class" in bad.stderr
+    evaluated = run("evaluate", str(data), "--head", str(out), "--allow", "cat", "--no-tiles",
+                    "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    summary = json.loads(evaluated.stdout)
+    assert summary["folders"]["cat"]["positive"] and summary["folders"]["cat"]["photos"] == 3
+    assert summary["seen_in_training"] == 6
+    text = run("evaluate", str(data), "--head", str(out), "--allow", "cat", "--no-tiles")
+    assert "false accepts" in text.stdout and "(should be accepted)" in text.stdout

@@ -1,0 +1,308 @@
+"""End to end in a real browser: `belka serve` as a subprocess on 127.0.0.1, driven by Playwright
+through Debian's Chromium (/usr/bin/chromium; never a downloaded browser).
+
+Scenarios: a squirrel is accepted, stored and shown in the gallery; a cat is warned about with
+its heat map and can still be stored ("upload anyway") and deleted; a text file gets a clear
+error; the three pages fit a phone's width; no JavaScript errors anywhere. Screenshots go to
+test-artifacts/e2e/ at the repository root.
+
+Skipped with the reason when Playwright or Chromium is missing, except under CI, where that
+is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts" / "e2e"
+CHROMIUM = os.environ.get("BELKA_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                 "--no-proxy-server"]
+SQUIRREL = "squirrel/eli_n02356798_fox_squirrel.jpg"  # scores 0.93 fox squirrel
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+TIMEOUT_MS = 60_000  # two shared CPU cores: a check with its heat map can take a few seconds
+
+
+def _missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright for Python is not installed (pip install playwright)"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no Chromium at {CHROMIUM} (apt-get install -y chromium)"
+    return None
+
+
+_why = _missing()
+if _why:
+    if os.environ.get("CI"):
+        pytest.fail(f"the browser tests must run in CI: {_why}", pytrace=False)
+    pytest.skip(f"browser tests skipped: {_why}", allow_module_level=True)
+
+import httpx  # noqa: E402
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
+skdata = pytest.importorskip("skimage.data")
+
+
+# -- the live server ---------------------------------------------------------------------------
+def belka_command() -> list[str]:
+    """The `belka` console script of this interpreter's environment (or the same via -c)."""
+    script = Path(sys.executable).with_name("belka")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from belka.cli import main; sys.exit(main())"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    api: httpx.Client
+
+
+def start_server(data: Path, log: Path, *args: str, wait_s: float = 120) -> Server:
+    port = free_port()
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([*belka_command(), "serve", "--host", "127.0.0.1", "--port",
+                                 str(port), "--data", str(data), *args],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    api = httpx.Client(base_url=url, timeout=30, trust_env=False)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            if api.get("/api/v1/health", timeout=2).status_code == 200:
+                return Server(url, proc, log, api)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    stop_server(Server(url, proc, log, api))
+    pytest.fail(f"belka serve did not come up on {url}:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def stop_server(server: Server) -> None:
+    server.api.close()
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGINT)
+        try:
+            server.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(15)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    s = start_server(root / "data", root / "server.log", "--allow", "squirrel", "--workers", "2")
+    yield s
+    stop_server(s)
+
+
+# -- the browser -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory):
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport=DESKTOP)
+        context.set_default_timeout(TIMEOUT_MS)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@dataclass
+class Tab:
+    """A page and every JavaScript error it has seen (uncaught exceptions, console errors)."""
+
+    page: Page
+    errors: list[str] = field(default_factory=list)
+
+    def assert_no_js_errors(self, *expected: str) -> None:
+        """No errors, apart from console lines containing one of ``expected`` (the browser logs
+        an HTTP error status that the page itself handles, e.g. the 415 for a text file)."""
+        unexpected = [e for e in self.errors if not any(x in e for x in expected)]
+        assert not unexpected, f"JavaScript errors: {unexpected}"
+
+
+@pytest.fixture()
+def tab(browser_context):
+    page = browser_context.new_page()
+    t = Tab(page)
+    page.on("pageerror", lambda err: t.errors.append(f"pageerror: {err}"))
+    page.on("console", lambda msg: msg.type == "error" and t.errors.append(
+        f"console: {msg.text} ({msg.location.get('url', '')})"))
+    yield t
+    page.close()
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def wait_image_loaded(page: Page, selector: str) -> int:
+    """Wait until the <img> has decoded a real picture; its natural width."""
+    page.wait_for_function(
+        "sel => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0 }",
+        arg=selector, timeout=TIMEOUT_MS)
+    return page.eval_on_selector(selector, "i => i.naturalWidth")
+
+
+def assert_fits_phone(page: Page) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"{page.url}: horizontal scroll at phone width ({width}px)"
+
+
+@pytest.fixture(scope="module")
+def squirrel(photos_dir) -> Path:
+    path = photos_dir / SQUIRREL
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cat_jpeg(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("photos") / "chelsea.jpg"
+    Image.fromarray(skdata.chelsea()).save(path, "JPEG", quality=90)
+    return path
+
+
+def choose(page: Page, server: Server, path: Path | dict) -> None:
+    page.goto(server.url + "/")
+    page.set_input_files("#file", path if isinstance(path, dict) else str(path))
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+def test_squirrel_is_accepted_stored_and_shown_in_the_gallery(tab, server, squirrel):
+    page = tab.page
+    choose(page, server, squirrel)
+    verdict = page.locator("#verdict")
+    expect(verdict).to_have_class(re.compile(r"\baccept\b"), timeout=TIMEOUT_MS)
+    expect(verdict).to_contain_text("Looks like a squirrel")
+    expect(page.locator("#top5 li")).to_have_count(5)
+    expect(page.locator("#top5 li").first).to_contain_text("fox squirrel")
+    assert wait_image_loaded(page, "#heatmap") > 0
+    expect(page.locator("#store")).to_be_visible()
+    expect(page.locator("#store-anyway")).to_be_hidden()
+    shot(page, "upload-squirrel")
+
+    page.click("#store")
+    expect(page.locator("#stored")).to_contain_text("Stored as #", timeout=TIMEOUT_MS)
+    upload_id = int(re.search(r"#(\d+)", page.inner_text("#stored")).group(1))
+    assert server.api.get(f"/api/v1/uploads/{upload_id}/image").content == squirrel.read_bytes()
+
+    page.click("#stored a")  # "See the gallery"
+    expect(page).to_have_url(re.compile(r"/gallery$"))
+    card = page.locator(f'#gallery figure.card[data-id="{upload_id}"]')
+    expect(card).to_be_visible()
+    expect(card).to_have_class(re.compile(r"\baccept\b"))
+    expect(card.locator("figcaption")).to_contain_text("fox squirrel")
+    assert wait_image_loaded(page, f'#gallery figure.card[data-id="{upload_id}"] img') > 0
+    expect(page.locator("#page-info")).to_contain_text("stored")
+    shot(page, "gallery")
+    tab.assert_no_js_errors()
+
+
+def test_cat_is_warned_with_a_heat_map_and_can_be_stored_anyway(tab, server, cat_jpeg):
+    page = tab.page
+    choose(page, server, cat_jpeg)
+    verdict = page.locator("#verdict")
+    expect(verdict).to_have_class(re.compile(r"\bwarn\b"), timeout=TIMEOUT_MS)
+    expect(verdict).to_contain_text("does not look like a squirrel")
+    expect(verdict).to_contain_text("cat")  # the top guess is named
+    assert wait_image_loaded(page, "#heatmap") > 0
+    expect(page.locator("#heatmap-caption")).to_contain_text("where the model saw")
+    expect(page.locator("#store")).to_be_hidden()
+    expect(page.locator("#store-anyway")).to_be_visible()
+    shot(page, "upload-cat-warning")
+
+    page.click("#store-anyway")
+    expect(page.locator("#stored")).to_contain_text("Stored as #", timeout=TIMEOUT_MS)
+    upload_id = int(re.search(r"#(\d+)", page.inner_text("#stored")).group(1))
+    assert server.api.get(f"/api/v1/uploads/{upload_id}").json()["verdict"] == "warn"
+
+    page.goto(server.url + "/gallery")
+    card = page.locator(f'#gallery figure.card[data-id="{upload_id}"]')
+    expect(card).to_have_class(re.compile(r"\bwarn\b"))
+    card.get_by_role("button", name="Delete").click()
+    expect(card).to_have_count(0)
+    assert server.api.get(f"/api/v1/uploads/{upload_id}").status_code == 404
+    tab.assert_no_js_errors()
+
+
+def test_a_text_file_gets_a_clear_error(tab, server):
+    page = tab.page
+    choose(page, server, {"name": "notes.txt", "mimeType": "text/plain",
+                          "buffer": b"shopping list: nuts, more nuts\n"})
+    error = page.locator("#error")
+    expect(error).to_be_visible(timeout=TIMEOUT_MS)
+    expect(error).to_contain_text("not an image")
+    expect(page.locator("#result")).to_be_hidden()
+    shot(page, "upload-text-file-error")
+    tab.assert_no_js_errors("status of 415")
+
+
+def test_pages_fit_a_phone(tab, server, squirrel, cat_jpeg):
+    page = tab.page
+    page.set_viewport_size(PHONE)
+    # Something in the gallery, whatever ran before.
+    r = server.api.post("/api/v1/uploads", files={"file": (squirrel.name, squirrel.read_bytes(),
+                                                           "image/jpeg")})
+    assert r.status_code in (200, 201), r.text
+
+    choose(page, server, squirrel)
+    expect(page.locator("#verdict")).to_have_class(re.compile(r"\baccept\b"), timeout=TIMEOUT_MS)
+    wait_image_loaded(page, "#heatmap")
+    wait_image_loaded(page, "#preview")
+    assert_fits_phone(page)
+    shot(page, "phone-upload")
+
+    page.goto(server.url + "/gallery")
+    expect(page.locator("#gallery figure.card").first).to_be_visible()
+    wait_image_loaded(page, "#gallery figure.card img")
+    assert_fits_phone(page)
+    shot(page, "phone-gallery")
+
+    page.goto(server.url + "/explain")
+    assert_fits_phone(page)
+    page.set_input_files("#file", str(cat_jpeg))
+    page.select_option("#method", "gradcam")
+    page.click("#explain-form button[type=submit]")
+    expect(page.locator("#explanation")).to_be_visible(timeout=TIMEOUT_MS)
+    wait_image_loaded(page, "#overlay")
+    wait_image_loaded(page, "#heat")
+    expect(page.locator("#explain-caption")).to_contain_text("gradcam")
+    assert_fits_phone(page)
+    shot(page, "phone-explain")
+    tab.assert_no_js_errors()
