@@ -91,7 +91,9 @@ def test_batch_equals_one_at_a_time(model, photos):
         for image, target, b in zip(photos, targets, both):
             one = explain(model, image, target=target, **kw)
             assert one.indices == b.indices and one.layer == b.layer
-            np.testing.assert_allclose(one.heatmap, b.heatmap, atol=1e-5)
+            # Identical up to float32 summation order: CPU conv kernels pick different
+            # blockings for batch 1 and batch 2 (measured up to 6e-5 on the [0, 1] map).
+            np.testing.assert_allclose(one.heatmap, b.heatmap, atol=2e-4)
             assert one.probability == pytest.approx(b.probability, abs=1e-5)
 
 

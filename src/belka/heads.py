@@ -51,7 +51,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -61,7 +61,7 @@ from PIL import Image
 from torch import nn
 
 from . import images
-from .errors import BelkaError, ImageError, ModelError, UsageError
+from .errors import BelkaError, ModelError, UsageError
 from .models.model import ImageLike, Model
 from .tiling import DEFAULT_TILING, Box, Tiling, combine, views as tile_views
 

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (BelkaError, CorruptImageError, ImageError, ImageTooLargeError, ModelError,
                       NotAnImageError, UsageError)
-from .service import ServerConfig, Service
+from .service import ServerConfig, Service, return_big_buffers_to_the_os
 
 log = logging.getLogger("belka.server")
 
@@ -92,6 +92,7 @@ def create_app(config: ServerConfig | None = None, *, model=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        return_big_buffers_to_the_os()
         service = Service(config, model=model)
         report = service.recovery
         if report.temp_files_removed or report.orphan_files_removed or report.rows_without_files:

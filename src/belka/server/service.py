@@ -11,6 +11,7 @@ import io
 import itertools
 import os
 import queue
+import sys
 import threading
 import uuid
 from collections import OrderedDict
@@ -102,6 +103,24 @@ class ModelViews:
             yield view
         finally:
             self._free.put(view)
+
+
+def return_big_buffers_to_the_os(threshold: int = 1 << 20) -> bool:
+    """glibc only: allocations of ``threshold`` bytes or more always get their own mapping,
+    handed back to the OS when freed. By default glibc raises that threshold (up to 32 MB) each
+    time it frees such a block, after which the multi-megabyte buffers of every request (decoded
+    photos, heat maps, overlays) are carved from per-thread heaps that keep the memory: a server
+    with 2 workers sat near 950 MB resident instead of 400 MB (same speed). Leaves an explicit
+    MALLOC_MMAP_THRESHOLD_ alone. True when set."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
 
 
 def png(picture: Image.Image) -> bytes:
