@@ -77,6 +77,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (less swayed by a busy machine than wall time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -146,6 +152,7 @@ def main() -> int:
                 name, body, mime = photos[i % len(photos)]
                 client.post(endpoint, files={"file": (name, body, mime)})
         sample("warm", 0, 0.0)
+        cpu_start = cpu_seconds(server.pid)
 
         lock = threading.Lock()
         issued = answered = 0
@@ -193,6 +200,7 @@ def main() -> int:
             t.join()
         wall = time.perf_counter() - started
         sample("end", answered, wall)
+        cpu_used = cpu_seconds(server.pid) - cpu_start
         if server.poll() is not None:
             errors.append(f"the server exited with {server.returncode}")
 
@@ -201,6 +209,8 @@ def main() -> int:
         print(f"\nanswered {answered} in {wall:.1f} s: {answered / wall:.1f} requests/s")
         print(f"latency ms: p50 {percentile(lat, 50) * 1000:.0f}, p90 {percentile(lat, 90) * 1000:.0f}, "
               f"p99 {percentile(lat, 99) * 1000:.0f}, max {lat[-1] * 1000 if lat else float('nan'):.0f}")
+        print(f"server CPU: {cpu_used:.0f} s, {cpu_used / max(answered, 1) * 1000:.0f} ms a request; "
+              f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"verdicts: {dict(sorted(verdicts.items()))}")
         print(f"server RSS MB: start {samples[0][3]:.0f}, after warm-up {after_warm:.0f}, "
               f"end {samples[-1][3]:.0f} ({samples[-1][3] - after_warm:+.0f} since warm-up; "
