@@ -3,19 +3,24 @@
 For batch sizes 1 and 16 it times, per image (median over repeats, after warm-up, the
 contenders interleaved in every repeat so a noisy machine hurts them alike):
 
-* ``forward``: one plain forward pass (``model.module(x)`` in inference mode): the unit;
+* ``forward``: one plain PyTorch forward pass (``model.module(x)`` in inference mode): the unit;
+* ``engine forward``: one forward pass on belka's engine (``model.engine.logits``, ONNX Runtime
+  when installed): belka's own unit;
 * ``belka gradcam``: ``belka.explain.explain(model, x)`` at the automatic layer
-  (``top_activation``): the closed-form fast path, no backward pass, heat maps normalised;
-* ``belka gradcam, autograd``: the same with ``fast=False`` (backward from the logits to the
-  layer only);
+  (``top_activation``): the closed-form fast path on the engine (one forward-only run that
+  returns the logits and the feature map), no backward pass, heat maps normalised;
+* ``belka gradcam, torch``: the same fast path with the PyTorch engine (hooks on the module);
+* ``belka gradcam, autograd``: ``fast=False`` (backward from the logits to the layer only);
 * ``captum LayerGradCam``: ``LayerGradCam(...).attribute(x, target, relu_attributions=True)``
   plus ``LayerAttribution.interpolate(..., "bilinear")`` to the input size (the same map);
 * ``belka gradcam, images``: the whole verb from decoded photos: resize, forward, heat map
   mapped back onto each photo at its own size, against ``classify, images``
   (``model.probabilities`` on the same decoded photos: resize and forward).
 
-and prints each as a multiple of one forward pass and Captum's time over belka's. No asserts:
-the targets are at most 1.5 forward passes for belka's Grad-CAM and 3x faster than Captum.
+and prints each as a multiple of one forward pass (PyTorch's and the engine's) and Captum's
+time over each row's. No asserts: the targets are at most 1.5 forward passes for belka's
+Grad-CAM and 3x faster than Captum (whose ``LayerGradCam`` runs on the same PyTorch module,
+parameters requiring grad as usual; autograd then only walks back to the layer).
 
     python bench/explain.py [--repeats 15] [--layer top_activation] [--threads N]
 """
@@ -69,10 +74,13 @@ def main() -> None:
         sys.exit("bench/explain.py compares with Captum: pip install captum")
 
     model = belka.load()
+    model.engine                                   # made (and exported once) before timing
+    torch_model = belka.load(engine="torch")
     module = model.module
     layer = getattr(module, args.layer)
     print(f"belka {belka.__version__}, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, {model.name}, layer {args.layer}, {args.repeats} repeats")
+          f"threads, {model.name}, layer {args.layer}, {args.repeats} repeats, engine "
+          f"{model.engine!r}")
 
     for bs in args.batches:
         decoded = photos(bs)
@@ -85,8 +93,16 @@ def main() -> None:
             with torch.inference_mode():
                 module(x)
 
+        xn = x.numpy()
+
+        def engine_forward():
+            model.engine.logits(xn)
+
         def ours():
             explain(model, x, target=targets, layer=args.layer)
+
+        def ours_torch():
+            explain(torch_model, x, target=targets, layer=args.layer)
 
         def ours_autograd():
             explain(model, x, target=targets, layer=args.layer, fast=False)
@@ -101,7 +117,8 @@ def main() -> None:
         def classify_images():
             model.probabilities(decoded)
 
-        contenders = {"forward": forward, "belka gradcam": ours,
+        contenders = {"forward": forward, "engine forward": engine_forward,
+                      "belka gradcam": ours, "belka gradcam, torch": ours_torch,
                       "belka gradcam, autograd": ours_autograd, "captum LayerGradCam": captum,
                       "classify, images": classify_images,
                       "belka gradcam, images": ours_images}
@@ -117,10 +134,12 @@ def main() -> None:
         med = {k: statistics.median(v) / bs for k, v in times.items()}
         best = {k: min(v) / bs for k, v in times.items()}
         print(f"\nbatch {bs}: per image, median (min) of {args.repeats}")
-        print(f"  {'':26s} {'ms/image':>16s} {'x forward':>10s} {'captum / this':>14s}")
+        print(f"  {'':26s} {'ms/image':>16s} {'x forward':>10s} {'x engine fwd':>13s} "
+              f"{'captum / this':>14s}")
         for k in contenders:
             print(f"  {k:26s} {med[k] * 1e3:8.2f} ({best[k] * 1e3:6.2f}) "
-                  f"{med[k] / med['forward']:10.2f} {med['captum LayerGradCam'] / med[k]:14.2f}")
+                  f"{med[k] / med['forward']:10.2f} {med[k] / med['engine forward']:13.2f} "
+                  f"{med['captum LayerGradCam'] / med[k]:14.2f}")
         print(f"  belka gradcam from photos / classify from photos: "
               f"{med['belka gradcam, images'] / med['classify, images']:.2f}")
 

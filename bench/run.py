@@ -65,7 +65,8 @@ def machine() -> str:
 
 
 def explain_rows(model, onnx_engine, quick: bool) -> tuple[list[Row], str]:
-    """Grad-CAM per image against one forward pass (eager and ONNX Runtime), batch 1."""
+    """Grad-CAM per image against one forward pass (eager and ONNX Runtime) and against Captum's
+    LayerGradCam on the same module and layer, batch 1 (bench/explain.py has batch 16 too)."""
     if not (ROOT / "bench" / "explain.py").is_file():
         return [], "Grad-CAM: skipped (bench/explain.py is not in this tree yet)"
     try:
@@ -75,6 +76,7 @@ def explain_rows(model, onnx_engine, quick: bool) -> tuple[list[Row], str]:
         from belka.explain import explain
     except Exception as exc:  # noqa: BLE001 - another engineer's module, report and move on
         return [], f"Grad-CAM: skipped ({type(exc).__name__}: {exc})"
+    model.engine = onnx_engine           # what belka.load() gives: Grad-CAM's fast path runs on it
     decoded = bench_explain.photos(1)
     x = model.preprocess(decoded)
     x_np = x.numpy()
@@ -88,11 +90,29 @@ def explain_rows(model, onnx_engine, quick: bool) -> tuple[list[Row], str]:
     contenders = {"pytorch eager forward": eager,
                   "belka onnx forward": lambda: onnx_engine.logits(x_np),
                   "belka gradcam (explain)": lambda: explain(model, x, target=target)}
+    note = ""
+    try:
+        from captum.attr import LayerAttribution, LayerGradCam
+
+        cam = LayerGradCam(model.module, model.module.top_activation)
+
+        def captum() -> None:
+            a = cam.attribute(x, target=target, relu_attributions=True)
+            LayerAttribution.interpolate(a, tuple(x.shape[-2:]), "bilinear")
+
+        contenders["captum LayerGradCam"] = captum
+    except ImportError:
+        note = "Grad-CAM: Captum is not installed, so its row is missing (pip install captum)"
     medians = interleaved(contenders, rounds=5 if quick else 7, calls=2)
     base = "pytorch eager forward"
     rows = [Row("gradcam b1", name, s, 1, None if name == base else base)
             for name, s in medians.items()]
-    return rows, ""
+    if "captum LayerGradCam" in medians:
+        ours, theirs = medians["belka gradcam (explain)"], medians["captum LayerGradCam"]
+        engine = medians["belka onnx forward"]
+        note = (f"Grad-CAM at top_activation, batch 1: Captum / belka = {theirs / ours:.2f}; "
+                f"belka's Grad-CAM = {ours / engine:.2f} forward passes of its engine")
+    return rows, note
 
 
 def table(rows: list[Row], sgemm: float) -> str:

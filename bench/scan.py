@@ -73,8 +73,15 @@ def end_to_end_rows(model, onnx_engine, files: Sequence[Path], *, quick: bool = 
                 assert result.error is None, result.error
         return go
 
+    def belka_scan() -> None:
+        from belka.scan import scan
+
+        for item in scan(model, [str(f) for f in files], progress=False):
+            assert item.error is None, item.error
+
     contenders = {
         "naive (full decode + eager, 1 by 1)": lambda: naive(model, naive_files),
+        "belka scan (belka classify's path)": belka_scan,
         "belka pipeline onnx (draft)": run(onnx_engine),
     }
     if not quick:

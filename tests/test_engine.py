@@ -3,6 +3,7 @@ returns what the serial path returns, in order, with per-file errors."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -272,3 +273,99 @@ def test_legacy_exporter_fallback(monkeypatch):
     assert "BatchNormalization" not in ops  # folded into the convolution
     x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(engine.logits(x), TorchEngine(model).logits(x), atol=1e-5)
+
+
+# -- the engine inside the Model -----------------------------------------------------------
+
+
+def test_load_picks_the_engine(model, monkeypatch):
+    assert model.engine_kind == "auto" and isinstance(model.engine, OnnxEngine)
+    assert isinstance(belka.load(engine="torch").engine, TorchEngine)
+    monkeypatch.setenv("BELKA_ENGINE", "torch")
+    assert belka.load().engine_kind == "torch"
+    assert belka.load(engine="onnx").engine_kind == "onnx"   # the argument wins
+    monkeypatch.setenv("BELKA_ENGINE", "tensorrt")
+    with pytest.raises(belka.UsageError, match="BELKA_ENGINE 'tensorrt'"):
+        belka.load()
+    monkeypatch.delenv("BELKA_ENGINE")
+    with pytest.raises(belka.UsageError, match="choose auto, onnx or torch"):
+        belka.load(engine="tvm")
+
+
+def test_engines_give_the_same_embedding_and_feature_map(model, torch_engine, onnx_engine):
+    batch = np.stack([model.preprocessing.resize(im) for im in
+                      (skdata.chelsea(), skdata.coffee(), skdata.astronaut())])
+    x = torch_engine.prepare(batch)
+    names = ("logits", "embedding", "features")
+    assert onnx_engine.outputs == torch_engine.outputs == names
+    assert onnx_engine.spatial_layer == "top_activation"
+    want, got = torch_engine.run(x, names), onnx_engine.run(x, names)
+    assert [w.shape for w in want] == [(3, 1000), (3, 1280), (3, 1280, 7, 7)]
+    for w, g in zip(want, got):
+        assert np.abs(w - g).max() <= 1e-4
+    # the embedding is the classifier's input: the feature map's mean, and it gives the logits
+    np.testing.assert_allclose(got[1], got[2].mean(axis=(2, 3)), atol=1e-5)
+    fc = model.module.predictions
+    np.testing.assert_allclose(got[1] @ fc.weight.detach().numpy().T + fc.bias.detach().numpy(),
+                               got[0], atol=1e-4)
+    # and the module's own forward, hooks and all, agrees
+    with torch.inference_mode():
+        np.testing.assert_allclose(model.module(torch.from_numpy(x)).numpy(), want[0], atol=1e-5)
+
+
+def test_model_probabilities_run_on_its_engine(model, monkeypatch):
+    calls = []
+    real = OnnxEngine.run
+
+    def counting(self, x, outputs=("logits",)):
+        calls.append(len(x))
+        return real(self, x, outputs)
+
+    monkeypatch.setattr(OnnxEngine, "run", counting)
+    top = model.classify([skdata.chelsea(), skdata.coffee()], top=1)
+    assert [t[0].label for t in top] == ["tiger cat", "espresso"] and calls == [2]
+
+
+def test_copies_of_a_model_share_its_engine(model):
+    import copy
+
+    twin = copy.deepcopy(model)
+    assert twin.engine is model.engine and twin.module is not model.module
+    other = belka.load(engine="torch")
+    other.engine = "onnx"
+    assert other.engine_kind == "onnx" and isinstance(other.engine, OnnxEngine)
+    other.engine = TorchEngine(other)
+    assert other.engine_kind == "torch"
+
+
+def test_gradcam_fast_path_on_the_engine_equals_autograd(model, onnx_engine):
+    from belka.explain import explain
+
+    photos = [skdata.chelsea(), skdata.coffee(), skdata.astronaut()]
+    assert model.engine_if_made is not None
+    fast = explain(model, photos, target=[282, "espresso", None])
+    slow = explain(model, photos, target=[282, "espresso", None], fast=False)
+    for f, s in zip(fast, slow):
+        assert f.details["fast_path"] and not s.details["fast_path"]
+        assert f.layer == s.layer == "top_activation" and f.indices == s.indices
+        assert abs(f.score - s.score) <= 1e-3 and abs(f.probability - s.probability) <= 1e-4
+        np.testing.assert_allclose(f.heatmap, s.heatmap, atol=1e-3)
+
+
+def test_cli_engine_option(tmp_path):
+    from click.testing import CliRunner
+
+    from belka.cli import main
+
+    photo = images.save(skdata.chelsea(), tmp_path / "cat.jpg")
+    outputs = {}
+    for kind in ("torch", "onnx"):
+        result = CliRunner().invoke(main, ["classify", str(photo), "--json", "--engine", kind],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        outputs[kind] = json.loads(result.stdout)["predictions"]
+    assert [p["label"] for p in outputs["torch"]] == [p["label"] for p in outputs["onnx"]]
+    for a, b in zip(outputs["torch"], outputs["onnx"]):
+        assert abs(a["probability"] - b["probability"]) <= 1e-5
+    bad = CliRunner().invoke(main, ["classify", str(photo), "--engine", "tvm"])
+    assert bad.exit_code == 2 and "tvm" in bad.output

@@ -249,3 +249,23 @@ def test_train_classify_check_evaluate_commands(tmp_path):
     assert summary["seen_in_training"] == 6
     text = run("evaluate", str(data), "--head", str(out), "--allow", "cat", "--no-tiles")
     assert "false accepts" in text.stdout and "(should be accepted)" in text.stdout
+
+
+def test_head_on_the_engine_matches_the_module(trained, model, dataset):
+    """A head model runs the backbone on the engine and its head in NumPy: the same numbers as
+    the head model's PyTorch module, on both engines."""
+    import torch
+
+    _, photos, _ = dataset
+    batch = np.stack([model.preprocessing.resize(belka.images.decode(p)) for p in photos.paths[:6]])
+    head_model = trained.head.attach(model)
+    assert head_model.engine is model.engine
+    x = head_model.engine.prepare(batch)
+    with torch.inference_mode():
+        want = torch.softmax(head_model.module(torch.from_numpy(x)), dim=1).numpy()
+    np.testing.assert_allclose(head_model.probabilities_from_batch(batch), want, atol=1e-5)
+    on_torch = trained.head.attach(belka.load(engine="torch"))
+    np.testing.assert_allclose(on_torch.probabilities_from_batch(batch), want, atol=1e-5)
+    probs, emb = heads.forward_features(head_model, batch)
+    np.testing.assert_allclose(probs, want, atol=1e-5)
+    assert emb.shape == (6, 1280)

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 def load(name: str | None = None, *, weights: str | os.PathLike | None = None,
          device: str | None = None, progress: bool = True,
-         head: str | os.PathLike | None = None):
+         head: str | os.PathLike | None = None, engine: str | None = None):
     """Load a pretrained model by name (``belka.models.available()`` lists them).
 
     ``weights`` overrides the default source: a local file or an http(s) URL (cached and
@@ -28,17 +28,21 @@ def load(name: str | None = None, *, weights: str | os.PathLike | None = None,
     ``head`` is a ``.belka`` file from ``belka train``: the model's classes become the head's
     (``classify`` and ``check`` use them). ``name`` then defaults to the head's backbone; a
     head trained on another backbone or other weights raises :class:`ModelError`.
+
+    ``engine`` runs the forward-only work (classify, check, scans): ``"auto"`` (the default:
+    ONNX Runtime when installed, else PyTorch), ``"onnx"`` or ``"torch"``; ``$BELKA_ENGINE``
+    sets the default. Gradients (explanations, training) always use PyTorch.
     """
     from .models.model import load_model
 
     if head is None:
         return load_model(name or "efficientnet_lite0", weights=weights, device=device,
-                          progress=progress)
+                          progress=progress, engine=engine)
     from .heads import Head
 
     trained = Head.load(head)
     base = load_model(name or trained.backbone.get("name") or "efficientnet_lite0",
-                      weights=weights, device=device, progress=progress)
+                      weights=weights, device=device, progress=progress, engine=engine)
     return trained.attach(base)
 
 

@@ -16,6 +16,7 @@ alone so the rest of the program (explanations, training) keeps all cores.
 from __future__ import annotations
 
 import abc
+import copy
 import hashlib
 import io
 import logging
@@ -29,8 +30,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from .errors import BelkaError
+from .models.layers import pooled_classifier
 
 if TYPE_CHECKING:
     from .models.model import Model
@@ -44,6 +47,12 @@ EngineKind = Literal["torch", "onnx", "auto"]
 ENGINES: tuple[str, ...] = ("torch", "onnx", "auto")
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# What a graph gives besides the logits, for a network that ends in global average pooling and a
+# linear classifier: the classifier's input (the embedding heads are trained on) and the last
+# spatial feature map (what Grad-CAM's fast path weighs). A graph of any other network gives
+# the logits only.
+EMBEDDING, FEATURES = "embedding", "features"
+GRAPH_VERSION = 2   # in the cache key: version 1 graphs had the logits only
 _ORT_HELP = "install it with `pip install onnxruntime` (or use --engine torch)"
 
 log = logging.getLogger(__name__)
@@ -89,18 +98,39 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Engine(abc.ABC):
-    """Runs one model's network. Subclasses implement :meth:`logits`; inputs and outputs are
-    NumPy arrays so that callers never need torch."""
+    """Runs one network. Subclasses implement :meth:`run`; inputs and outputs are NumPy arrays
+    so that callers never need torch.
+
+    An engine always runs a *backbone*: for a model with a trained head attached
+    (:class:`belka.heads.HeadModel`) it runs the ImageNet network underneath, and the model
+    applies its head to the embedding (so one exported graph serves every head).
+    ``outputs`` names what :meth:`run` can give: ``logits``, and for networks that end in global
+    average pooling and a linear classifier also ``embedding`` and ``features`` (the output of
+    ``spatial_layer``, N x C x h x w).
+    """
 
     kind: ClassVar[str]
 
     def __init__(self, model: Model):
-        self.model = model
-        self.preprocessing: Preprocessing = model.preprocessing
+        self.model = backbone_of(model)
+        self.preprocessing: Preprocessing = self.model.preprocessing
+        tail = pooled_classifier(self.model.module)
+        self.spatial_layer: str | None = tail[0] if tail else None
+        self.outputs: tuple[str, ...] = (OUTPUT_NAME, EMBEDDING, FEATURES) if tail else (OUTPUT_NAME,)
 
     @abc.abstractmethod
+    def run(self, x: np.ndarray, outputs: Sequence[str] = (OUTPUT_NAME,)) -> list[np.ndarray]:
+        """The named ``outputs`` (float32) for N x 3 x S x S float32 preprocessed input."""
+
+    def _check_outputs(self, outputs: Sequence[str]) -> None:
+        missing = [o for o in outputs if o not in self.outputs]
+        if missing:
+            raise EngineError(f"the {self.kind} engine of {self.model.name} gives "
+                              f"{', '.join(self.outputs)}, not {', '.join(missing)}")
+
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Logits (N x classes, float32) for N x 3 x S x S float32 preprocessed input."""
+        return self.run(x, (OUTPUT_NAME,))[0]
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Softmax probabilities (N x classes) for preprocessed input."""
@@ -118,16 +148,52 @@ class Engine(abc.ABC):
         return f"<belka {type(self).__name__} for {self.model.name}>"
 
 
+def backbone_of(model: Model) -> Model:
+    """The model an engine runs: the backbone under a trained head, else the model itself."""
+    return getattr(model, "backbone", None) or model
+
+
+class _Outputs(nn.Module):
+    """A network that ends in pooling and a linear classifier, returning (logits, embedding,
+    feature map). It shares the network's layers (only the tail is swapped for identities)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        spatial, tail, classifier = pooled_classifier(module)
+        body = copy.copy(module)
+        body._modules = dict(module._modules)   # a new layer table; the layers are shared
+        for name in tail:
+            setattr(body, name, nn.Identity())
+        self.body, self.classifier = body, classifier
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        embedding = features.mean(dim=(2, 3))
+        return self.classifier(embedding), embedding, features
+
+
+def graph_module(module: nn.Module) -> nn.Module:
+    """What an engine runs and exports: :class:`_Outputs` when the network's tail allows, else
+    the network itself (logits only)."""
+    return _Outputs(module) if pooled_classifier(module) else module
+
+
 class TorchEngine(Engine):
     """PyTorch eager on the model's own module and device (the reference)."""
 
     kind = "torch"
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
+    def __init__(self, model: Model):
+        super().__init__(model)
+        self.module = graph_module(self.model.module)
+
+    def run(self, x: np.ndarray, outputs: Sequence[str] = (OUTPUT_NAME,)) -> list[np.ndarray]:
+        self._check_outputs(outputs)
         tensor = torch.from_numpy(np.ascontiguousarray(x, np.float32))
         with torch.inference_mode():
-            out = self.model.module(tensor.to(self.model.device))
-        return out.float().cpu().numpy()
+            out = self.module(tensor.to(self.model.device))
+        out = dict(zip(self.outputs, out if isinstance(out, tuple) else (out,)))
+        return [out[name].float().cpu().numpy() for name in outputs]
 
 
 class OnnxEngine(Engine):
@@ -163,10 +229,19 @@ class OnnxEngine(Engine):
             raise EngineError(f"ONNX Runtime cannot load the model ({exc})",
                               path=str(self.path)) from exc
         self.input_name = self.session.get_inputs()[0].name
+        # The first output is the logits whatever a foreign graph calls it; the others are
+        # used only when the graph has them (an int8 file made from an older export may not).
+        names = [o.name for o in self.session.get_outputs()]
+        extra = tuple(n for n in names[1:] if n in self.outputs)
+        self.outputs = (OUTPUT_NAME, *extra)
+        self._names = {OUTPUT_NAME: names[0], **{n: n for n in extra}}
+        if FEATURES not in extra:
+            self.spatial_layer = None
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray, outputs: Sequence[str] = (OUTPUT_NAME,)) -> list[np.ndarray]:
+        self._check_outputs(outputs)
         feed = {self.input_name: np.ascontiguousarray(x, np.float32)}
-        return self.session.run(None, feed)[0]
+        return self.session.run([self._names[o] for o in outputs], feed)
 
     def __repr__(self) -> str:
         return (f"<belka OnnxEngine for {self.model.name}: {self.path.name}, "
@@ -280,8 +355,15 @@ def onnx_dir() -> Path:
 def onnx_path(model: Model, opset: int = OPSET) -> Path:
     """Where the exported graph of ``model`` is cached: one file per (model name, weights
     SHA-256 and state digest, torch version, opset)."""
-    name = f"{model.name}-{weights_key(model)}-torch{torch.__version__}-opset{opset}.onnx"
+    model = backbone_of(model)
+    name = (f"{model.name}-{weights_key(model)}-torch{torch.__version__}-opset{opset}"
+            f"-g{GRAPH_VERSION}.onnx")
     return onnx_dir() / re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+
+
+def is_exported(model: Model, opset: int = OPSET) -> bool:
+    """Whether the model's graph is already in the export cache (opening it is then cheap)."""
+    return _ort_available() and onnx_path(model, opset).is_file()
 
 
 def export_onnx(model: Model, opset: int = OPSET, *, force: bool = False) -> Path:
@@ -292,6 +374,7 @@ def export_onnx(model: Model, opset: int = OPSET, *, force: bool = False) -> Pat
     constant folding (BatchNorm folded into the convolutions). The file is written to a
     temporary name and renamed into place, so concurrent exports never leave a partial file.
     """
+    model = backbone_of(model)
     path = onnx_path(model, opset)
     if path.is_file() and not force:
         return path
@@ -303,18 +386,21 @@ def export_onnx(model: Model, opset: int = OPSET, *, force: bool = False) -> Pat
 
 
 def _export(module: torch.nn.Module, size: int, opset: int) -> bytes:
-    """Serialized ONNX model of ``module`` (N x 3 x size x size -> N x classes)."""
+    """Serialized ONNX model of ``module`` (N x 3 x size x size -> N x classes, plus the
+    embedding and the feature map when :func:`graph_module` offers them)."""
     device = next(module.parameters()).device
     example = torch.zeros(2, 3, size, size, device=device)
     was_training = module.training
     module.eval()
+    network = graph_module(module)
+    outputs = [OUTPUT_NAME, EMBEDDING, FEATURES] if network is not module else [OUTPUT_NAME]
     try:
         with warnings.catch_warnings(), _quiet("torch.onnx", "torch.export", "torch._dynamo"):
             warnings.simplefilter("ignore")
             try:
                 program = torch.onnx.export(
-                    module, (example,), dynamo=True, opset_version=opset, verbose=False,
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    network, (example,), dynamo=True, opset_version=opset, verbose=False,
+                    input_names=[INPUT_NAME], output_names=outputs,
                     dynamic_shapes=({0: torch.export.Dim("batch")},), optimize=True)
                 return program.model_proto.SerializeToString()
             except Exception as exc:  # ImportError (no onnxscript) or an export failure
@@ -322,9 +408,9 @@ def _export(module: torch.nn.Module, size: int, opset: int) -> bytes:
             buffer = io.BytesIO()
             try:
                 torch.onnx.export(
-                    module, (example,), buffer, dynamo=False, opset_version=opset,
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    network, (example,), buffer, dynamo=False, opset_version=opset,
+                    input_names=[INPUT_NAME], output_names=outputs,
+                    dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
                     training=torch.onnx.TrainingMode.EVAL, do_constant_folding=True)
             except Exception as exc:
                 raise EngineError(f"cannot export the model to ONNX ({exc}); "

@@ -200,7 +200,14 @@ def forward_features(model: Model, batch: np.ndarray, chunk: int = 32) -> tuple[
     """(softmax probabilities N x classes, embeddings N x D) for N x S x S x 3 uint8 views.
 
     The embedding is the input of the model's ``predictions`` layer, captured by a hook during
-    the same forward that gives the probabilities (of the head's classes for a head model)."""
+    the same forward that gives the probabilities (of the head's classes for a head model).
+    Runs on the model's engine when it gives embeddings, else on the module with a hook."""
+    from .engine import EMBEDDING
+
+    if len(batch) and EMBEDDING in model.engine.outputs:
+        parts = [model.embed_batch(batch[start:start + chunk])
+                 for start in range(0, len(batch), chunk)]
+        return np.concatenate([p for p, _ in parts]), np.concatenate([e for _, e in parts])
     captured: list[torch.Tensor] = []
     hook = classifier_layer(model.module).register_forward_pre_hook(
         lambda _m, args: captured.append(args[0].detach().float().cpu()))
@@ -347,6 +354,27 @@ class HeadLayer(nn.Module):
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.linear((self.features(embedding) - self.mean) / self.scale)
+
+    def logits_from(self, embedding: np.ndarray, backbone_logits: np.ndarray) -> np.ndarray:
+        """:meth:`forward` in NumPy, given the backbone's own logits for the same images (an
+        engine gives both in one run, so the backbone classifier need not run again)."""
+        features = np.asarray(embedding, np.float32)
+        mask = self.prior_logmask.detach().cpu().numpy()
+        if mask.shape[0]:
+            z = np.asarray(backbone_logits, np.float32)
+            z = z - z.max(axis=1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+            prior = np.stack([_logsumexp(logp[:, np.isfinite(row)]) for row in mask], axis=1)
+            features = np.concatenate([prior.astype(np.float32), features], axis=1)
+        scaled = (features - self.mean.detach().cpu().numpy()) / self.scale.detach().cpu().numpy()
+        weight = self.linear.weight.detach().cpu().numpy()
+        return scaled @ weight.T + self.linear.bias.detach().cpu().numpy()
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    """Row-wise log(sum(exp(x)))."""
+    top = x.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(x - top).sum(axis=1, keepdims=True)))[:, 0]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -826,6 +854,22 @@ class HeadModel(Model):
                          weights_sha256=base.weights_sha256, device=base.device, groups={})
         self.head = head
         self.backbone = base
+        # The engine runs the backbone (one exported graph serves every head); the head is
+        # applied to its embedding here, in NumPy.
+        self._engine = base._engine
+
+    def fast_logits(self, x: np.ndarray) -> np.ndarray:
+        from .engine import EMBEDDING
+
+        logits, embedding = self.engine.run(x, ("logits", EMBEDDING))
+        return getattr(self.module, EMBEDDING_LAYER).logits_from(embedding, logits)
+
+    def embed_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from .engine import EMBEDDING, softmax
+
+        engine = self.engine
+        logits, embedding = engine.run(engine.prepare(batch), ("logits", EMBEDDING))
+        return softmax(getattr(self.module, EMBEDDING_LAYER).logits_from(embedding, logits)), embedding
 
     def __repr__(self) -> str:
         return (f"<belka.Model {self.name} + head {Path(self.head.path).name if self.head.path else ''}: "

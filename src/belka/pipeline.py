@@ -55,11 +55,15 @@ def load_resized(path: StrPath, preprocessing: Preprocessing, policy: str | None
     return preprocessing.resize(images.decode(path, draft=draft), policy)
 
 
-def _as_engine(model_or_engine: Model | Engine) -> Engine:
+def _runner(model_or_engine: Model | Engine):
+    """(preprocessing, batch -> probabilities) for an engine, or for a model (its own
+    ``probabilities_from_batch``: a head model's classes, on the model's engine)."""
     if isinstance(model_or_engine, Engine):
-        return model_or_engine
-    engine = getattr(model_or_engine, "engine", None)
-    return engine if isinstance(engine, Engine) else make_engine(model_or_engine, "auto")
+        return model_or_engine.preprocessing, model_or_engine.probabilities_from_batch
+    if hasattr(model_or_engine, "probabilities_from_batch"):
+        return model_or_engine.preprocessing, model_or_engine.probabilities_from_batch
+    engine = make_engine(model_or_engine, "auto")
+    return engine.preprocessing, engine.probabilities_from_batch
 
 
 def iter_predictions(model_or_engine: Model | Engine, paths: Iterable[StrPath], *,
@@ -70,12 +74,12 @@ def iter_predictions(model_or_engine: Model | Engine, paths: Iterable[StrPath], 
     ``paths`` may be a lazy iterable (millions of files): it is consumed as the pipeline goes.
     A file that cannot be read yields a result with ``error`` set instead of raising.
     ``draft=False`` decodes every pixel (bit-for-bit the serial path's input). A model without
-    an engine of its own gets ``make_engine(model, "auto")``.
+    A :class:`~belka.Model` runs on its own engine (``model.engine``) and gives its own classes
+    (a head model's, when a head is attached).
     """
     if batch_size < 1 or workers < 1 or prefetch < 0:
         raise ValueError("batch_size and workers must be >= 1 and prefetch >= 0")
-    engine = _as_engine(model_or_engine)
-    prep = engine.preprocessing
+    prep, run = _runner(model_or_engine)
     policy = resize or prep.policy
     draft_to = draft_size(prep, policy) if draft else None
 
@@ -111,17 +115,17 @@ def iter_predictions(model_or_engine: Model | Engine, paths: Iterable[StrPath], 
                 chunk.append((path, loaded))
                 images_in_chunk += not isinstance(loaded, str)
                 if images_in_chunk >= batch_size or len(chunk) >= 4 * batch_size or not pending:
-                    yield from _infer(engine, chunk)
+                    yield from _infer(run, chunk)
                     chunk, images_in_chunk = [], 0
         finally:
             for _, future in pending:  # the caller stopped early: drop queued work
                 future.cancel()
 
 
-def _infer(engine: Engine, chunk: list[tuple[str, np.ndarray | str]]) -> Iterator[Result]:
+def _infer(run, chunk: list[tuple[str, np.ndarray | str]]) -> Iterator[Result]:
     """Run one batch and yield the chunk's results in order (errors in place)."""
     arrays = [loaded for _, loaded in chunk if not isinstance(loaded, str)]
-    probs = iter(engine.probabilities_from_batch(np.stack(arrays)) if arrays else ())
+    probs = iter(run(np.stack(arrays)) if arrays else ())
     for path, loaded in chunk:
         if isinstance(loaded, str):
             yield Result(path, None, loaded)

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import images
-from .errors import BelkaError, ImageError
+from .errors import BelkaError
 from .models.model import Model
 
 
@@ -35,43 +35,36 @@ def expand(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str | None
             yield str(path), err.message
 
 
-def scan(model: Model, paths: Sequence[str | os.PathLike], *, batch_size: int = 16,
-         resize: str | None = None, progress: bool | None = None) -> Iterator[ScanItem]:
+def scan(model: Model, paths: Sequence[str | os.PathLike], *, batch_size: int = 32,
+         resize: str | None = None, progress: bool | None = None, workers: int | None = None,
+         draft: bool = True) -> Iterator[ScanItem]:
     """Classify every image under ``paths`` in input order, yielding one :class:`ScanItem` each.
 
-    ``progress=None`` shows a bar on a terminal when there are more than a few files.
+    Runs :func:`belka.pipeline.iter_predictions` on the model's engine: files are decoded in
+    ``workers`` threads (default: the physical cores) while the previous batch runs, large JPEGs
+    at a reduced scale (``draft=False`` decodes every pixel), memory bounded for any number of
+    files. ``progress=None`` shows a bar on a terminal when there are more than a few files.
     """
+    from .engine import physical_cores
+    from .pipeline import iter_predictions
+
     entries = list(expand(paths))
     # None lets tqdm decide: a bar on a terminal, nothing when stderr is a pipe or a file.
     disable = (True if len(entries) <= 4 else None) if progress is None else not progress
-    bar = tqdm(total=len(entries), unit="img", disable=disable, leave=False, dynamic_ncols=True)
-    pending: list[tuple[ScanItem, np.ndarray]] = []
-
-    def flush() -> Iterator[ScanItem]:
-        if pending:
-            batch = np.stack([model.preprocessing.resize(img, resize) for _, img in pending])
-            probs = model.probabilities_from_batch(batch)
-            for (item, _), p in zip(pending, probs):
-                item.probabilities = p
+    bad = {i: error for i, (_, error) in enumerate(entries) if error is not None}
+    files = [path for path, error in entries if error is None]
+    results = iter_predictions(model, files, batch_size=batch_size, resize=resize, draft=draft,
+                               workers=workers or physical_cores())
+    with tqdm(total=len(entries), unit="img", disable=disable, leave=False,
+              dynamic_ncols=True) as bar:
+        try:
+            for i, (path, _) in enumerate(entries):
+                if i in bad:
+                    item = ScanItem(path, error=bad[i])
+                else:
+                    result = next(results)
+                    item = ScanItem(result.path, result.probabilities, result.error)
+                bar.update(1)
                 yield item
-            bar.update(len(pending))
-            pending.clear()
-
-    with bar:
-        for path, error in entries:
-            if error is not None:
-                yield from flush()
-                bar.update(1)
-                yield ScanItem(path, error=error)
-                continue
-            try:
-                image = images.decode(path)
-            except ImageError as err:
-                yield from flush()
-                bar.update(1)
-                yield ScanItem(path, error=err.message)
-                continue
-            pending.append((ScanItem(path), image))
-            if len(pending) >= batch_size:
-                yield from flush()
-        yield from flush()
+        finally:
+            results.close()

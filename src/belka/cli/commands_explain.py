@@ -33,6 +33,15 @@ def _parse_options(pairs: tuple[str, ...]) -> dict:
     return options
 
 
+def _engine_when_cheap(model) -> None:
+    """Make the model's engine when that costs no export (explicit --engine onnx, or a graph
+    already cached): Grad-CAM's fast path and Score-CAM's forwards then run on it."""
+    from ..engine import is_exported
+
+    if model.engine_kind == "onnx" or (model.engine_kind == "auto" and is_exported(model)):
+        model.engine
+
+
 @main.command("explain")
 @click.argument("image", type=click.Path())
 @click.option("--method", "-m", default="gradcam", show_default=True, metavar="METHOD",
@@ -82,6 +91,7 @@ def explain_command(image, method, layer, target, output, grid, metrics, colorma
     get_method(method)                     # an unknown method fails before the model loads
     options = _parse_options(method_options)
     model = load_model(model_name, weights)
+    _engine_when_cheap(model)
     decoded = model.decode(image)
     result = explain(model, decoded, target=target, method=method, layer=layer, resize=resize,
                      progress=None if as_json else True, **options)

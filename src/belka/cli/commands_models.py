@@ -13,8 +13,32 @@ RESIZE_HELP = ("how to fit the image to the model's square input: crop (default:
                "256, centre 224), squash (stretch; distorts shapes) or letterbox (fit and pad)")
 
 
+ENGINE_HELP = ("what runs the forward passes: auto (ONNX Runtime when installed, else PyTorch; "
+               "the first ONNX run of a model exports it once, then it is cached), onnx or "
+               "torch. Gradients always use PyTorch. Default: $BELKA_ENGINE or auto")
+
+
+def _remember_engine(ctx: click.Context, _param, value: str | None) -> None:
+    if value is not None:
+        ctx.meta["belka.engine"] = value
+
+
+def engine_option(f):
+    """--engine auto|onnx|torch, kept in the click context for :func:`load_model`."""
+    return click.option("--engine", type=click.Choice(["auto", "onnx", "torch"]), default=None,
+                        expose_value=False, callback=_remember_engine, is_eager=True,
+                        help=ENGINE_HELP)(f)
+
+
+def chosen_engine() -> str | None:
+    """The --engine of the running command, if any."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("belka.engine") if ctx is not None else None
+
+
 def model_options(f):
-    """--model, --weights and --resize, shared by every command that runs a model."""
+    """--model, --weights, --resize and --engine, shared by every command that runs a model."""
+    f = engine_option(f)
     f = click.option("--resize", type=click.Choice(["crop", "squash", "letterbox"]), default=None,
                      help=RESIZE_HELP)(f)
     f = click.option("--weights", metavar="PATH|URL", default=None,
@@ -35,13 +59,14 @@ def head_option(f):
 def load_model(model_name: str, weights: str | None, head: str | None = None):
     import belka
 
+    engine = chosen_engine()
     if head is None:
-        return belka.load(model_name, weights=weights)
+        return belka.load(model_name, weights=weights, engine=engine)
     # With a head, --model defaults to the head's own backbone unless given explicitly.
     ctx = click.get_current_context(silent=True)
     explicit = ctx is not None and ctx.get_parameter_source("model_name") not in (
         None, click.core.ParameterSource.DEFAULT)
-    return belka.load(model_name if explicit else None, weights=weights, head=head)
+    return belka.load(model_name if explicit else None, weights=weights, head=head, engine=engine)
 
 
 def _emit(as_json: bool, record: dict, text: str) -> None:

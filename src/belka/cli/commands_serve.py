@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from . import main
+from .commands_models import engine_option, head_option, load_model
 
 
 @main.command()
@@ -24,7 +25,10 @@ from . import main
               help="larger request bodies get 413")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="inference threads [default: the CPU count, at most 4]")
-def serve(host, port, data_dir, allow, threshold, model_name, weights, max_upload_mb, workers):
+@head_option
+@engine_option
+def serve(host, port, data_dir, allow, threshold, model_name, weights, max_upload_mb, workers,
+          head):
     """Start the web app: upload a photo, see the verdict and why, keep the ones that pass.
 
     Pages at http://HOST:PORT/ (Upload, Gallery, Explain); the HTTP API under /api/v1 with its
@@ -33,6 +37,7 @@ def serve(host, port, data_dir, allow, threshold, model_name, weights, max_uploa
     \b
     Example:
       belka serve --allow squirrel --port 8000
+      belka serve --head squirrel.belka --allow squirrel
       curl -F file=@cat.jpg http://127.0.0.1:8000/api/v1/check
     """
     import uvicorn
@@ -43,11 +48,11 @@ def serve(host, port, data_dir, allow, threshold, model_name, weights, max_uploa
                           threshold=threshold, max_upload_bytes=int(max_upload_mb * 2**20))
     if workers:
         config.workers = workers
-    import belka
-
-    # Load the model and check --allow before binding the port, so mistakes fail fast.
-    model = belka.load(model_name, weights=weights)
+    # Load the model and check --allow before binding the port, so mistakes fail fast; the
+    # engine is made (and the model exported, the first time) now, not on the first request.
+    model = load_model(model_name, weights, head)
     model.class_indices(allow)
+    model.engine
     app = create_app(config, model=model)
     click.echo(f"belka is serving on http://{host}:{port}/  (API docs: http://{host}:{port}/docs; "
                "Ctrl-C stops)")

@@ -70,6 +70,30 @@ class GlobalAvgPool(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+PASS_THROUGH: tuple[type[nn.Module], ...] = (nn.Flatten, nn.Dropout, nn.Identity)
+
+
+def is_global_pool(module: nn.Module) -> bool:
+    """Global average pooling: :class:`GlobalAvgPool` or ``nn.AdaptiveAvgPool2d(1)``."""
+    return isinstance(module, GlobalAvgPool) or (
+        isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)))
+
+
+def pooled_classifier(module: nn.Module) -> tuple[str, tuple[str, ...], nn.Linear] | None:
+    """For a flat network that ends ``spatial layer -> global average pooling -> (Flatten,
+    Dropout, Identity)* -> Linear``: (the spatial layer's name, the names of the layers after
+    it, the linear classifier). None for any other ending."""
+    children = list(module.named_children())
+    if len(children) < 3 or not isinstance(children[-1][1], nn.Linear):
+        return None
+    i = len(children) - 2
+    while i > 0 and isinstance(children[i][1], PASS_THROUGH):
+        i -= 1
+    if i < 1 or not is_global_pool(children[i][1]):
+        return None
+    return children[i - 1][0], tuple(name for name, _ in children[i:]), children[-1][1]
+
+
 # Modules graph tools (torch.fx) keep whole: the padding ones compute from the input's shape, and
 # Add / GlobalAvgPool are named layers that would otherwise dissolve into plain tensor ops.
 LEAF_MODULES: tuple[type[nn.Module], ...] = (SamePad2d, Conv2dSame, Add, GlobalAvgPool)

@@ -4,6 +4,7 @@ labels and its layer names, so every feature takes one argument."""
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence, Union
@@ -40,12 +41,19 @@ class Model:
 
     ``module`` is the ``nn.Module`` (in eval mode) whose direct children are the named layers;
     ``preprocessing`` turns decoded images into its input; ``labels`` name its outputs.
+
+    Forward-only work (``classify``, ``check``, scans, embeddings, Grad-CAM's fast path) runs on
+    :attr:`engine`; anything that needs gradients or layer hooks runs ``module``. ``engine`` is
+    ``"auto"`` (ONNX Runtime when it is installed and the export works, else PyTorch),
+    ``"onnx"`` or ``"torch"``; ``None`` reads ``$BELKA_ENGINE`` and defaults to ``"auto"``.
+    The engine is made on first use (the first ONNX use of a model exports it once, 20-35 s
+    on two cores, then the cached graph opens in a fraction of a second).
     """
 
     def __init__(self, name: str, module: nn.Module, preprocessing: Preprocessing,
                  labels: Sequence[str], *, weights_sha256: str | None = None,
                  device: str | torch.device | None = None,
-                 groups: dict[str, tuple[int, ...]] | None = None):
+                 groups: dict[str, tuple[int, ...]] | None = None, engine: str | None = None):
         self.name = name
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.module = module.eval().to(self.device)
@@ -53,11 +61,47 @@ class Model:
         self.labels = list(labels)
         self.groups = dict(_labels.IMAGENET_GROUPS if groups is None else groups)
         self.weights_sha256 = weights_sha256
+        self._engine = _EngineSlot(engine_kind(engine))
 
     def __repr__(self) -> str:
         params = sum(p.numel() for p in self.module.parameters())
         return (f"<belka.Model {self.name}: {params / 1e6:.2f} M parameters, "
                 f"{len(self.labels)} classes, input {self.preprocessing.size}px, {self.device}>")
+
+    # -- the engine ------------------------------------------------------------------------
+    @property
+    def engine(self):
+        """The :class:`belka.engine.Engine` that runs forward-only work, made on first use.
+        Assign an engine object or a kind (``model.engine = "torch"``) to change it."""
+        return self._engine.get(self)
+
+    @engine.setter
+    def engine(self, value) -> None:
+        self._engine.set(value)
+
+    @property
+    def engine_if_made(self):
+        """The engine if something has made it already, else None (never exports)."""
+        return self._engine.engine
+
+    @property
+    def engine_kind(self) -> str:
+        """``auto``, ``onnx`` or ``torch``: what :attr:`engine` is (or will be) made as."""
+        return self._engine.kind
+
+    def fast_logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits (NumPy) for N x 3 x S x S float32 preprocessed input, run by the engine."""
+        return self.engine.logits(x)
+
+    def embed_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(softmax probabilities N x classes, embeddings N x D) for N x S x S x 3 uint8 images
+        at the input size: one engine run gives both. The embedding is the input of the
+        ``predictions`` layer."""
+        from ..engine import EMBEDDING, softmax
+
+        engine = self.engine
+        logits, embedding = engine.run(engine.prepare(batch), ("logits", EMBEDDING))
+        return softmax(logits), embedding
 
     # -- running the network -------------------------------------------------------------
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,8 +130,11 @@ class Model:
 
     def probabilities_from_batch(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities for N x S x S x 3 uint8 images already at the input size."""
-        logits = self(self.preprocessing.normalize(batch))
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        from ..engine import softmax
+
+        if len(batch) == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        return softmax(self.fast_logits(self.engine.prepare(batch)))
 
     def rank(self, probs: np.ndarray, top: int = 5) -> list[Prediction]:
         """The ``top`` most probable classes of one probability vector."""
@@ -157,8 +204,52 @@ class Model:
         return inspect.split(self, layer)
 
 
+class _EngineSlot:
+    """Where a model keeps its engine: made on first use under a lock (the server's worker
+    threads share one model), and shared by deep copies of the model (the engine holds no
+    hooks, and ONNX Runtime sessions are thread-safe but cannot be copied)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.engine = None
+        self._lock = threading.Lock()
+
+    def get(self, model: "Model"):
+        if self.engine is None:
+            with self._lock:
+                if self.engine is None:
+                    from ..engine import make_engine
+
+                    self.engine = make_engine(model, self.kind)
+        return self.engine
+
+    def set(self, value) -> None:
+        from ..engine import Engine
+
+        with self._lock:
+            if isinstance(value, Engine):
+                self.engine, self.kind = value, value.kind
+            else:
+                self.engine, self.kind = None, engine_kind(value)
+
+    def __deepcopy__(self, memo) -> "_EngineSlot":
+        return self
+
+
+def engine_kind(kind: str | None) -> str:
+    """A valid engine kind: ``kind``, else ``$BELKA_ENGINE``, else ``"auto"``."""
+    from ..errors import UsageError
+
+    value = (kind or os.environ.get("BELKA_ENGINE") or "auto").strip().lower()
+    if value not in ("auto", "onnx", "torch"):
+        source = "engine" if kind else "BELKA_ENGINE"
+        raise UsageError(f"unknown {source} {value!r}: choose auto, onnx or torch")
+    return value
+
+
 def load_model(name: str = "efficientnet_lite0", *, weights: str | os.PathLike | None = None,
-               device: str | None = None, progress: bool = True) -> Model:
+               device: str | None = None, progress: bool = True,
+               engine: str | None = None) -> Model:
     """Build a registered model and load its weights (see :func:`belka.load`)."""
     from . import weights as _weights
     from .registry import get_spec
@@ -177,4 +268,4 @@ def load_model(name: str = "efficientnet_lite0", *, weights: str | os.PathLike |
         sha = spec.weights.sha256 if (weights is None and spec.weights and spec.weights.sha256) \
             else _weights.sha256_file(path)
     return Model(spec.name, module, spec.preprocessing, _labels.imagenet_labels(),
-                 weights_sha256=sha, device=device)
+                 weights_sha256=sha, device=device, engine=engine)
