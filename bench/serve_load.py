@@ -22,10 +22,7 @@ import argparse
 import io
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,6 +30,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from belka.server import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 MIME = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
@@ -55,19 +54,6 @@ def load_photos(root: Path, folders: list[str], max_bytes: int) -> list[tuple[st
         Image.fromarray(getattr(data, name)()).convert("RGB").save(buf, "JPEG", quality=90)
         photos.append((f"{name}.jpg", buf.getvalue(), "image/jpeg"))
     return photos
-
-
-def belka_command() -> list[str]:
-    script = Path(sys.executable).with_name("belka")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from belka.cli import main; sys.exit(main())"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -109,31 +95,17 @@ def main() -> int:
     mean_kb = statistics.mean(len(p[1]) for p in photos) / 1024
     data_dir = Path(tempfile.mkdtemp(prefix="belka-load-"))
     log_path = data_dir / "server.log"
-    port = free_port()
-    cmd = [*belka_command(), "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--data", str(data_dir / "data")]
-    if args.workers:
-        cmd += ["--workers", str(args.workers)]
-    url = f"http://127.0.0.1:{port}"
+    serve_args = ["--workers", str(args.workers)] if args.workers else []
     endpoint = "/api/v1/check" + ("?heatmap=false" if args.no_heatmap else "")
     stop = threading.Event()  # set on the way out (Ctrl-C included): the clients stop issuing
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                  env=os.environ | {"PYTHONUNBUFFERED": "1"})
     try:
-        with httpx.Client(base_url=url, timeout=5, trust_env=False) as probe:
-            deadline = time.monotonic() + 180
-            while True:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    print("belka serve did not start:\n" + log_path.read_text(errors="replace"),
-                          file=sys.stderr)
-                    return 2
-                try:
-                    if probe.get("/api/v1/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
+        live = launch.start(data_dir / "data", *serve_args, log=log_path, wait_s=180)
+    except launch.ServerStartError as err:
+        print(err, file=sys.stderr)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        return 2
+    server, url = live.proc, live.url
+    try:
         print(f"server pid {server.pid} on {url}; {os.cpu_count()} CPUs on this machine; "
               f"workers {args.workers or 'default'}; {args.clients} clients; {args.requests} "
               f"requests to {endpoint}; {len(photos)} photos (mean {mean_kb:.0f} KB)")
@@ -221,13 +193,7 @@ def main() -> int:
         return 1 if errors else 0
     finally:
         stop.set()
-        if server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(20)
+        live.stop(timeout=20)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import random
+import re
+import threading
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -166,8 +170,148 @@ def test_openapi_and_pages(client):
     for path in ("/api/v1/classify", "/api/v1/check", "/api/v1/explain", "/api/v1/uploads",
                  "/api/v1/uploads/{upload_id}", "/api/v1/health"):
         assert path in schema["paths"]
-    assert client.get("/docs").status_code == 200
     for page in ("/", "/gallery", "/explain"):
         r = client.get(page)
         assert r.status_code == 200 and "belka" in r.text
     assert "block6a_expand_conv" in client.get("/explain").text
+
+
+def test_docs_work_offline(client):
+    """/docs (Swagger UI) and /redoc load their scripts, styles and icon from this server, not
+    from a CDN: they work on a machine with no network."""
+    for page in ("/docs", "/redoc"):
+        r = client.get(page)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert "cdn" not in r.text.lower() and "fonts.googleapis" not in r.text
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", r.text)
+        assert any(u.endswith(".js") for u in urls), urls
+        if page == "/docs":
+            assert any(u.endswith(".css") for u in urls), urls
+        for url in urls:
+            assert url.startswith("/") and not url.startswith("//"), f"{page}: {url} is not local"
+            asset = client.get(url)
+            assert asset.status_code == 200 and len(asset.content) > 1000, url
+        assert "/openapi.json" in r.text
+
+
+# -- many requests at once -----------------------------------------------------------------
+THREADS = 6
+PER_THREAD = 6
+
+
+def noise_jpeg(seed: int) -> bytes:
+    return jpeg(np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+
+
+def test_concurrent_mixed_requests_match_serial_answers(client, cat):
+    """36 mixed requests (check, classify, uploads POST and GET, health) from 6 threads at once:
+    every answer is a 2xx with the same content as the same request made alone, identical
+    uploads racing each other are stored once, and nothing answers 500."""
+    cup = jpeg(skdata.coffee())
+    noise = [noise_jpeg(1), noise_jpeg(2)]
+
+    # The answers to compare with, one request at a time.
+    def check_of(data, heatmap):
+        r = client.post(f"/api/v1/check?heatmap={str(heatmap).lower()}", files=files(data))
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    serial_check = {("cat", False): check_of(cat, False), ("cup", False): check_of(cup, False)}
+    serial_classify = {}
+    for name, data in (("cat", cat), ("cup", cup)):
+        r = client.post("/api/v1/classify?top=3", files=files(data))
+        assert r.status_code == 200, r.text
+        serial_classify[name] = r.json()["predictions"]
+    assert serial_check[("cat", False)]["verdict"] == "accept"
+    assert serial_check[("cup", False)]["verdict"] == "warn"
+    assert client.get("/api/v1/uploads").json()["total"] == 0
+
+    images = {"cat": cat, "cup": cup, "noise0": noise[0], "noise1": noise[1]}
+    jobs: list[tuple[str, str, object]] = []  # (kind, image name or "", request)
+    for i in range(8):  # checks: two with their heat map
+        name, heatmap = ("cat", "cup")[i % 2], i < 2
+        jobs.append(("check", name, lambda c, n=name, h=heatmap: c.post(
+            f"/api/v1/check?heatmap={str(h).lower()}", files=files(images[n]))))
+    for i in range(6):
+        name = ("cat", "cup")[i % 2]
+        jobs.append(("classify", name, lambda c, n=name: c.post(
+            "/api/v1/classify?top=3", files=files(images[n]))))
+    # Uploads: the same cat four times at once (accepted), the same cup twice and two distinct
+    # noise pictures (warned: confirmed).
+    for name in ("cat", "cat", "cat", "cat", "cup", "cup", "noise0", "noise1"):
+        query = "" if name == "cat" else "?confirm=true"
+        jobs.append(("upload", name, lambda c, n=name, q=query: c.post(
+            f"/api/v1/uploads{q}", files=files(images[n], f"{n}.jpg"))))
+    for _ in range(8):
+        jobs.append(("list", "", lambda c: c.get("/api/v1/uploads?limit=100")))
+    for _ in range(6):
+        jobs.append(("health", "", lambda c: c.get("/api/v1/health")))
+    assert len(jobs) == THREADS * PER_THREAD
+    random.Random(6).shuffle(jobs)
+
+    answers: list[tuple[str, str, object]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(THREADS)
+
+    def worker(mine):
+        start.wait(60)
+        for kind, name, call in mine:
+            try:
+                answer = call(client)
+            except Exception as err:  # the test client re-raises the server's exceptions
+                answer = err
+            with lock:
+                answers.append((kind, name, answer))
+
+    threads = [threading.Thread(target=worker, args=(jobs[k::THREADS],), daemon=True)
+               for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    assert len(answers) == len(jobs)
+    failed = [(kind, name, a if isinstance(a, Exception) else f"{a.status_code} {a.text[:300]}")
+              for kind, name, a in answers
+              if isinstance(a, Exception) or not 200 <= a.status_code < 300]
+    assert not failed, failed
+
+    upload_ids: dict[str, set[int]] = {}
+    created = Counter()
+    for kind, name, r in answers:
+        body = r.json()
+        if kind == "check":
+            expected = serial_check[(name, False)]
+            assert body["verdict"] == expected["verdict"], (name, body["message"])
+            assert body["score"] == pytest.approx(expected["score"], rel=1e-4, abs=1e-6)
+            assert [p["index"] for p in body["predictions"][:3]] == \
+                [p["index"] for p in expected["predictions"][:3]]
+            if "heatmap" in body:
+                png = client.get(body["heatmap"]["overlay_url"])
+                assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        elif kind == "classify":
+            expected = serial_classify[name]
+            assert [p["index"] for p in body["predictions"]] == [p["index"] for p in expected]
+            for got, want in zip(body["predictions"], expected):
+                assert got["probability"] == pytest.approx(want["probability"], rel=1e-4, abs=1e-6)
+        elif kind == "upload":
+            assert body["stored"] is True and r.status_code in (200, 201)
+            assert body["duplicate"] is (r.status_code == 200)
+            assert body["verdict"] == ("accept" if name == "cat" else "warn")
+            upload_ids.setdefault(name, set()).add(body["id"])
+            created[name] += r.status_code == 201
+        elif kind == "list":
+            assert 0 <= body["total"] <= len(images) and len(body["items"]) == body["total"]
+            ids = [item["id"] for item in body["items"]]
+            assert ids == sorted(ids, reverse=True)
+        else:
+            assert body["status"] == "ok" and 0 <= body["uploads"] <= len(images)
+
+    # Identical bytes sent at the same time: stored once, every answer names that one record.
+    assert all(len(ids) == 1 for ids in upload_ids.values()), upload_ids
+    assert created == Counter({name: 1 for name in images}), created
+    listing = client.get("/api/v1/uploads?limit=100").json()
+    assert listing["total"] == len(images) == client.get("/api/v1/health").json()["uploads"]
+    for name, (upload_id,) in upload_ids.items():
+        r = client.get(f"/api/v1/uploads/{upload_id}/image")
+        assert r.status_code == 200 and r.content == images[name], name

@@ -19,18 +19,17 @@ import hashlib
 import io
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from PIL import Image
+
+from belka.server import launch
+from belka.server.launch import LiveServer
 
 KILL_AFTER = (10, 25)     # successful uploads in each round before the SIGKILL
 THREADS = 3               # uploads in flight at once
@@ -40,53 +39,29 @@ START_TIMEOUT_S = 120
 
 
 # -- the live server ---------------------------------------------------------------------------
-def belka_command() -> list[str]:
-    script = Path(sys.executable).with_name("belka")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from belka.cli import main; sys.exit(main())"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Server:
-    url: str
-    proc: subprocess.Popen
+    live: LiveServer
     api: httpx.Client
+
+    @property
+    def url(self) -> str:
+        return self.live.url
+
+    @property
+    def proc(self) -> subprocess.Popen:
+        return self.live.proc
 
 
 def start_server(data: Path, log: Path) -> Server:
-    port = free_port()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([*belka_command(), "serve", "--host", "127.0.0.1", "--port",
-                                 str(port), "--data", str(data), "--allow", "squirrel",
-                                 "--workers", "2"],
-                                stdout=out, stderr=subprocess.STDOUT,
-                                env=os.environ | {"PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    api = httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S, trust_env=False)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if api.get("/api/v1/health", timeout=2).status_code == 200:
-                return Server(url, proc, api)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    kill(Server(url, proc, api))
-    pytest.fail(f"belka serve did not come up:\n{log.read_text(errors='replace')[-3000:]}")
+    live = launch.start(data, "--allow", "squirrel", "--workers", "2", log=log,
+                        wait_s=START_TIMEOUT_S)
+    return Server(live, httpx.Client(base_url=live.url, timeout=REQUEST_TIMEOUT_S, trust_env=False))
 
 
 def kill(server: Server) -> None:
     server.api.close()
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGKILL)
-    server.proc.wait(30)
+    server.live.kill()
 
 
 def jpegs(n: int, seed: int = 0) -> list[bytes]:

@@ -3,7 +3,8 @@ through Debian's Chromium (/usr/bin/chromium; never a downloaded browser).
 
 Scenarios: a squirrel is accepted, stored and shown in the gallery; a cat is warned about with
 its heat map and can still be stored ("upload anyway") and deleted; a text file gets a clear
-error; the three pages fit a phone's width; no JavaScript errors anywhere. Screenshots go to
+error; the three pages fit a phone's width; the API docs (/docs, /redoc) draw with no network;
+no JavaScript errors anywhere. The server is started by belka.server.launch. Screenshots go to
 test-artifacts/e2e/ at the repository root.
 
 Skipped with the reason when Playwright or Chromium is missing, except under CI, where that
@@ -14,11 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,72 +51,34 @@ if _why:
 import httpx  # noqa: E402
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
+from belka.server import launch  # noqa: E402
+from belka.server.launch import LiveServer  # noqa: E402
+
 skdata = pytest.importorskip("skimage.data")
 
 
 # -- the live server ---------------------------------------------------------------------------
-def belka_command() -> list[str]:
-    """The `belka` console script of this interpreter's environment (or the same via -c)."""
-    script = Path(sys.executable).with_name("belka")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from belka.cli import main; sys.exit(main())"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Server:
-    url: str
-    proc: subprocess.Popen
-    log: Path
+    live: LiveServer
     api: httpx.Client
 
-
-def start_server(data: Path, log: Path, *args: str, wait_s: float = 120) -> Server:
-    port = free_port()
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([*belka_command(), "serve", "--host", "127.0.0.1", "--port",
-                                 str(port), "--data", str(data), *args],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    api = httpx.Client(base_url=url, timeout=30, trust_env=False)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            if api.get("/api/v1/health", timeout=2).status_code == 200:
-                return Server(url, proc, log, api)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    stop_server(Server(url, proc, log, api))
-    pytest.fail(f"belka serve did not come up on {url}:\n{log.read_text(errors='replace')[-3000:]}")
-
-
-def stop_server(server: Server) -> None:
-    server.api.close()
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGINT)
-        try:
-            server.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(15)
+    @property
+    def url(self) -> str:
+        return self.live.url
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    s = start_server(root / "data", root / "server.log", "--allow", "squirrel", "--workers", "2")
-    yield s
-    stop_server(s)
+    live = launch.start(root / "data", "--allow", "squirrel", "--workers", "2",
+                        log=root / "server.log", wait_s=120)
+    s = Server(live, httpx.Client(base_url=live.url, timeout=30, trust_env=False))
+    try:
+        yield s
+    finally:
+        s.api.close()
+        live.stop()
 
 
 # -- the browser -------------------------------------------------------------------------------
@@ -132,9 +90,11 @@ def browser_context(tmp_path_factory):
             str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
             viewport=DESKTOP)
         context.set_default_timeout(TIMEOUT_MS)
+        expect.set_options(timeout=TIMEOUT_MS)  # expect(...) waits as long as the page does
         try:
             yield context
         finally:
+            expect.set_options(timeout=None)  # back to Playwright's default
             context.close()
 
 
@@ -306,3 +266,30 @@ def test_pages_fit_a_phone(tab, server, squirrel, cat_jpeg):
     assert_fits_phone(page)
     shot(page, "phone-explain")
     tab.assert_no_js_errors()
+
+
+def test_api_docs_render_with_no_network(tab, server):
+    """Swagger UI (/docs) draws the API from this server alone: every request to anywhere else
+    is refused, and the operations still show up. ReDoc (/redoc) too, apart from the Redocly
+    logo in its sidebar, an image it always takes from its CDN (missing offline, nothing else)."""
+    page = tab.page
+    elsewhere: list[str] = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(server.url + "/"):
+            return route.continue_()
+        elsewhere.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", only_this_server)
+    page.goto(server.url + "/docs")
+    expect(page.locator(".swagger-ui .opblock-summary-path", has_text="/api/v1/check")
+           ).to_be_visible()
+    shot(page, "api-docs")
+    assert not elsewhere, f"/docs asked for outside resources: {elsewhere}"
+    tab.assert_no_js_errors()
+
+    page.goto(server.url + "/redoc")
+    expect(page.get_by_text("/api/v1/uploads").first).to_be_attached()
+    assert set(elsewhere) <= {"https://cdn.redoc.ly/redoc/logo-mini.svg"}, elsewhere
+    tab.assert_no_js_errors("Failed to load resource")

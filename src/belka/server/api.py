@@ -73,12 +73,16 @@ async def explain(request: Request, file: ImageFile,
                               target=target_value)
 
 
-@router.get("/jobs/{job_id}")
-async def job_status(request: Request, job_id: str):
-    job = service(request).jobs.get(job_id)
+def job_answer(job, job_id: str):
+    """A job's state, or 404 when there is no such job (unknown, or forgotten)."""
     if job is None:
         return error_response(404, f"no job {job_id}", "not_found")
     return job.to_dict()
+
+
+@router.get("/jobs/{job_id}")
+async def job_status(request: Request, job_id: str):
+    return job_answer(service(request).jobs.get(job_id), job_id)
 
 
 @router.get("/jobs/{job_id}/result")
@@ -93,10 +97,7 @@ async def job_result(request: Request, job_id: str):
 
 @router.delete("/jobs/{job_id}")
 async def job_cancel(request: Request, job_id: str):
-    job = service(request).jobs.cancel(job_id)
-    if job is None:
-        return error_response(404, f"no job {job_id}", "not_found")
-    return job.to_dict()
+    return job_answer(service(request).jobs.cancel(job_id), job_id)
 
 
 @router.get("/png/{key}")
@@ -128,8 +129,8 @@ async def list_uploads(request: Request, offset: Annotated[int, Query(ge=0)] = 0
                        verdict: str | None = Query(None, pattern="^(accept|warn)$")):
     """Stored uploads, newest first."""
     s = service(request)
-    items = s.storage.list(offset=offset, limit=limit, verdict=verdict)
-    return {"items": [u.to_dict() for u in items], "total": s.storage.count(verdict),
+    items, total = s.storage.page(offset=offset, limit=limit, verdict=verdict)
+    return {"items": [u.to_dict() for u in items], "total": total,
             "offset": offset, "limit": limit}
 
 

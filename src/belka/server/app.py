@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (BelkaError, CorruptImageError, ImageError, ImageTooLargeError, ModelError,
@@ -21,6 +22,7 @@ from ..errors import (BelkaError, CorruptImageError, ImageError, ImageTooLargeEr
 from .service import ServerConfig, Service, return_big_buffers_to_the_os
 
 log = logging.getLogger("belka.server")
+DOCS_STATIC_URL = "/static-offline-docs"  # the API docs' own scripts and styles
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -105,9 +107,15 @@ def create_app(config: ServerConfig | None = None, *, model=None) -> FastAPI:
         finally:
             service.close()
 
-    app = FastAPI(title="belka", version=_version(), lifespan=lifespan,
-                  description="Classify, check and explain images; store the uploads that pass "
-                              "the gate. Errors are JSON: {\"detail\": message, \"error\": kind}.")
+    # /docs (Swagger UI) and /redoc with their scripts, styles and icon served from the
+    # fastapi-offline package under /static-offline-docs: no CDN, so they work offline.
+    app = FastAPIOffline(title="belka", version=_version(), lifespan=lifespan,
+                         static_url=DOCS_STATIC_URL,
+                         # no badge fetched from validator.swagger.io either
+                         swagger_ui_parameters={"validatorUrl": None},
+                         description="Classify, check and explain images; store the uploads "
+                                     "that pass the gate. Errors are JSON: "
+                                     "{\"detail\": message, \"error\": kind}.")
 
     @app.exception_handler(BelkaError)
     async def belka_error(request: Request, err: BelkaError):

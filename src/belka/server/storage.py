@@ -154,22 +154,35 @@ class Storage:
         with self._lock:
             return self._get(upload_id)
 
-    def list(self, *, offset: int = 0, limit: int = 20, verdict: str | None = None) -> list[Upload]:
-        """Newest first."""
+    def _list(self, offset: int, limit: int, verdict: str | None) -> list[Upload]:
         query, args = "SELECT * FROM uploads", []
         if verdict:
             query, args = query + " WHERE verdict = ?", [verdict]
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY id DESC LIMIT ? OFFSET ?",
-                                    (*args, limit, offset)).fetchall()
+        rows = self._db.execute(query + " ORDER BY id DESC LIMIT ? OFFSET ?",
+                                (*args, limit, offset)).fetchall()
         return [self._row(r) for r in rows]
+
+    def _count(self, verdict: str | None) -> int:
+        if verdict:
+            return self._db.execute("SELECT COUNT(*) FROM uploads WHERE verdict = ?",
+                                    (verdict,)).fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM uploads").fetchone()[0]
+
+    def list(self, *, offset: int = 0, limit: int = 20, verdict: str | None = None) -> list[Upload]:
+        """Newest first."""
+        with self._lock:
+            return self._list(offset, limit, verdict)
 
     def count(self, verdict: str | None = None) -> int:
         with self._lock:
-            if verdict:
-                return self._db.execute("SELECT COUNT(*) FROM uploads WHERE verdict = ?",
-                                        (verdict,)).fetchone()[0]
-            return self._db.execute("SELECT COUNT(*) FROM uploads").fetchone()[0]
+            return self._count(verdict)
+
+    def page(self, *, offset: int = 0, limit: int = 20,
+             verdict: str | None = None) -> tuple[list[Upload], int]:
+        """A page of :meth:`list` and the :meth:`count` it is a page of, read together: an
+        upload stored meanwhile is in both or in neither."""
+        with self._lock:
+            return self._list(offset, limit, verdict), self._count(verdict)
 
     def delete(self, upload_id: int) -> bool:
         """Remove a record, then its file. Returns False when there was no such record."""
