@@ -33,6 +33,22 @@ def main() -> None:
     Everything runs offline on the CPU (CUDA when present) on the packaged EfficientNet-Lite0.
     Run `belka COMMAND --help` for the details of each command.
     """
+    _show_engine_messages()
+
+
+def _show_engine_messages() -> None:
+    """Say on stderr when the engine exports a model (a one-off wait of 20-35 s) or falls back
+    to PyTorch; the library itself stays quiet unless the caller configures logging."""
+    import logging
+
+    class ToStderr(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            click.echo(f"belka: {record.getMessage()}", err=True)   # today's stderr, always
+
+    logger = logging.getLogger("belka.engine")
+    if not any(type(h).__name__ == "ToStderr" for h in logger.handlers):
+        logger.addHandler(ToStderr())
+        logger.setLevel(logging.INFO)
 
 
 # Each module adds its commands to `main` when imported, so `belka --help` lists them all.
