@@ -56,7 +56,7 @@ def resolve(targets: str | int | Iterable[str | int], labels: Sequence[str],
         items = list(targets)
     if not items:
         raise ModelError("no class given: name an ImageNet class, a group or an index")
-    lookup = {name.lower(): i for i, name in enumerate(labels)}
+    lookup: dict[str, int] | None = None      # built only when a class name needs it
     out: list[int] = []
     for item in items:
         if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
@@ -66,7 +66,7 @@ def resolve(targets: str | int | Iterable[str | int], labels: Sequence[str],
             found: Sequence[int] = [index]
         elif item.lower() in groups:
             found = groups[item.lower()]
-        elif item.lower() in lookup:
+        elif item.lower() in (lookup := lookup or {n.lower(): i for i, n in enumerate(labels)}):
             found = [lookup[item.lower()]]
         else:
             choices = list(groups) + list(labels)
