@@ -269,3 +269,28 @@ def test_head_on_the_engine_matches_the_module(trained, model, dataset):
     probs, emb = heads.forward_features(head_model, batch)
     np.testing.assert_allclose(probs, want, atol=1e-5)
     assert emb.shape == (6, 1280)
+
+
+def test_serve_with_a_head(trained, dataset, tmp_path, monkeypatch):
+    """`belka serve --head` gates on the head's classes (uvicorn.run is replaced by a test
+    client on the same app); a missing head file is one clear line and exit 2."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    root, photos, _ = dataset
+    path = trained.head.save(tmp_path / "h.belka")
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    result = CliRunner().invoke(main, ["serve", "--head", str(path), "--allow", "cat",
+                                       "--data", str(tmp_path / "data")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    cat = next(p for p in photos.paths if "/cat/" in p.replace("\\", "/"))
+    with TestClient(apps[0]) as client:
+        assert client.get("/api/v1/health").json()["allow"] == "cat"
+        with open(cat, "rb") as f:
+            answer = client.post("/api/v1/classify", files={"file": ("c.png", f, "image/png")})
+        assert answer.status_code == 200
+        assert {p["label"] for p in answer.json()["predictions"]} <= {"cat", "coffee", "other"}
+    missing = CliRunner().invoke(main, ["serve", "--head", str(tmp_path / "nope.belka")])
+    assert missing.exit_code == 2 and "nope.belka" in missing.output
+    assert "Traceback" not in missing.output
