@@ -34,7 +34,7 @@ from bench.engine import (GFLOP_PER_IMAGE, PHOTOS, Row, forward_rows,  # noqa: E
                           int8_agreement, interleaved, photo_files, sgemm_gflops)
 from bench.scan import end_to_end_rows, repeat_files, rss_rows, small_photos  # noqa: E402
 
-SECTIONS = ("forward", "scan", "explain", "memory")
+SECTIONS = ("forward", "scan", "explain", "memory", "gpu")
 
 
 def progress(message: str) -> None:
@@ -204,8 +204,32 @@ def main(argv: list[str] | None = None) -> None:
             notes.append(f"memory scan: {n} files cycling through {len(small)} JPEGs <= 200 kB; "
                          "peak RSS = max(VmHWM after resetting it, VmRSS sampled every batch)")
 
+    gpu_table = ""
+    if "gpu" in args.only:
+        import torch
+
+        if torch.cuda.is_available():
+            from bench.gpu import device_sgemm_gflops, gpu_rows
+
+            progress("GPU (CUDA)")
+            with tempfile.TemporaryDirectory(prefix="belka-bench-gpu-") as tmp:
+                files = repeat_files(jpegs, args.files or (100 if args.quick else 300),
+                                     Path(tmp, "gpu")) if jpegs else []
+                found, gpu_notes = gpu_rows(files, "cuda", quick=args.quick)
+            cuda_sgemm = device_sgemm_gflops(torch.device("cuda"))
+            gpu_table = (f"{torch.cuda.get_device_name(0)}; CUDA sgemm 2048 x 2048 float32 "
+                         f"{cuda_sgemm:.0f} GFLOP/s (the % sgemm column below)\n\n"
+                         + table(found, cuda_sgemm))
+            notes += gpu_notes
+        else:
+            notes.append("no CUDA device: the GPU section was skipped (it runs by itself where "
+                         "torch.cuda.is_available())")
+
     print()
     print(table(rows, peak))
+    if gpu_table:
+        print()
+        print(gpu_table)
     print()
     for note in notes:
         print(note)
