@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import BelkaError, ModelError, UsageError
+from .files import write_atomic
 
 POLICY_FORMAT = "belka-policy"
 POLICY_VERSION = 1
@@ -172,12 +173,9 @@ class Policy:
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
+            write_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"))
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
         return path
 

@@ -22,7 +22,6 @@ import io
 import logging
 import os
 import re
-import secrets
 import tempfile
 import time
 import warnings
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from .errors import BelkaError
+from .files import write_atomic
 from .models.layers import pooled_classifier
 
 if TYPE_CHECKING:
@@ -463,23 +463,13 @@ class _quiet:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    """Write ``data`` to ``path`` atomically (a ``.part`` file renamed into place); a cache
+    that cannot be written is an :class:`EngineError`."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: never reuse someone else's file; 0o666 lets the umask decide the permissions.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        write_atomic(path, data, suffix=".part")
     except OSError as exc:
         raise EngineError(f"cannot write to the cache ({exc})", path=str(path.parent)) from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------

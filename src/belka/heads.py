@@ -62,6 +62,7 @@ from torch import nn
 
 from . import images
 from .errors import BelkaError, ModelError, UsageError
+from .files import write_atomic
 from .models.model import ImageLike, Model
 from .tiling import DEFAULT_TILING, Box, Tiling, combine, views as tile_views
 
@@ -786,15 +787,9 @@ class Head:
         }
         data = save(tensors, metadata={"format": HEAD_FORMAT,
                                        "belka": json.dumps(self.metadata(), sort_keys=True)})
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_atomic(path, data)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
         self.path = str(path)
         return path

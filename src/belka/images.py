@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import stat
 import struct
 import zlib
@@ -48,6 +47,7 @@ from PIL import (  # noqa: F401  (importing a plugin registers its decoder)
 )
 
 from .errors import CorruptImageError, ImageError, ImageTooLargeError, NotAnImageError, UsageError
+from .files import write_atomic
 
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_PIXELS_ENV = "BELKA_MAX_PIXELS"
@@ -477,24 +477,10 @@ def save(image: np.ndarray | Image.Image, path: StrPath, quality: int = 90) -> P
             ".jpeg or .webp"
         )
     picture = _as_pil(image)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        # O_EXCL: never reuse someone else's file; 0o666 lets the umask decide the permissions.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        descriptor = os.open(temporary, flags, 0o666)
+        write_atomic(path, lambda stream: _write(picture, stream, pillow_format, quality))
     except OSError as exc:
         raise _write_error(exc, path) from exc
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            _write(picture, stream, pillow_format, quality)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException as exc:
-        temporary.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise _write_error(exc, path) from exc
-        raise
     return path
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 
 from .. import images
 from ..errors import BelkaError, ImageError, UsageError
+from ..files import write_atomic
 
 Size = tuple[int, int]
 Source = Union[str, os.PathLike, np.ndarray]
@@ -692,19 +692,10 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
 
 def _atomic_write(path: Path, write) -> None:
     """Call ``write(stream)`` on a temporary file next to ``path``, then rename it over ``path``."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(temporary, "xb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        write_atomic(path, write)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise BelkaError(f"could not write ({exc.strerror or exc})", path=str(path)) from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def save_array(array: np.ndarray, path: str | os.PathLike) -> Path:

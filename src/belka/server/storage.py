@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import write_atomic
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -72,14 +74,6 @@ class RecoveryReport:
     rows_without_files: list[int] = field(default_factory=list)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Storage:
     """Upload records and files under one data folder (``belka.db`` and ``files/``)."""
 
@@ -105,16 +99,7 @@ class Storage:
 
     def _write_file(self, data: bytes, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(target, data, suffix=TMP_SUFFIX, sync_dir=True)
 
     # -- records -------------------------------------------------------------------------
     def add(self, data: bytes, *, ext: str, filename: str, width: int, height: int,
