@@ -19,7 +19,6 @@ import hashlib
 import io
 import os
 import signal
-import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,14 +42,6 @@ START_TIMEOUT_S = 120
 class Server:
     live: LiveServer
     api: httpx.Client
-
-    @property
-    def url(self) -> str:
-        return self.live.url
-
-    @property
-    def proc(self) -> subprocess.Popen:
-        return self.live.proc
 
 
 def start_server(data: Path, log: Path) -> Server:
@@ -120,13 +111,13 @@ class Stream:
 
     def run_until_killed(self, server: Server, kill_after: int) -> None:
         self.kill_after = kill_after
-        threads = [threading.Thread(target=self.worker, args=(server.url,), daemon=True)
+        threads = [threading.Thread(target=self.worker, args=(server.live.url,), daemon=True)
                    for _ in range(THREADS)]
         for t in threads:
             t.start()
         assert self.reached.wait(REQUEST_TIMEOUT_S * 2), "the uploads stalled"
-        server.proc.send_signal(signal.SIGKILL)  # mid-stream: the other threads are in flight
-        server.proc.wait(30)
+        server.live.proc.send_signal(signal.SIGKILL)  # mid-stream: the other threads are in flight
+        server.live.proc.wait(30)
         for t in threads:
             t.join(REQUEST_TIMEOUT_S)
             assert not t.is_alive(), "an upload thread did not stop"

@@ -63,10 +63,6 @@ class Server:
     live: LiveServer
     api: httpx.Client
 
-    @property
-    def url(self) -> str:
-        return self.live.url
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -159,7 +155,7 @@ def cat_jpeg(tmp_path_factory) -> Path:
 
 
 def choose(page: Page, server: Server, path: Path | dict) -> None:
-    page.goto(server.url + "/")
+    page.goto(server.live.url + "/")
     page.set_input_files("#file", path if isinstance(path, dict) else str(path))
 
 
@@ -212,7 +208,7 @@ def test_cat_is_warned_with_a_heat_map_and_can_be_stored_anyway(tab, server, cat
     upload_id = int(re.search(r"#(\d+)", page.inner_text("#stored")).group(1))
     assert server.api.get(f"/api/v1/uploads/{upload_id}").json()["verdict"] == "warn"
 
-    page.goto(server.url + "/gallery")
+    page.goto(server.live.url + "/gallery")
     card = page.locator(f'#gallery figure.card[data-id="{upload_id}"]')
     expect(card).to_have_class(re.compile(r"\bwarn\b"))
     card.get_by_role("button", name="Delete").click()
@@ -248,13 +244,13 @@ def test_pages_fit_a_phone(tab, server, squirrel, cat_jpeg):
     assert_fits_phone(page)
     shot(page, "phone-upload")
 
-    page.goto(server.url + "/gallery")
+    page.goto(server.live.url + "/gallery")
     expect(page.locator("#gallery figure.card").first).to_be_visible()
     wait_image_loaded(page, "#gallery figure.card img")
     assert_fits_phone(page)
     shot(page, "phone-gallery")
 
-    page.goto(server.url + "/explain")
+    page.goto(server.live.url + "/explain")
     assert_fits_phone(page)
     page.set_input_files("#file", str(cat_jpeg))
     page.select_option("#method", "gradcam")
@@ -276,20 +272,20 @@ def test_api_docs_render_with_no_network(tab, server):
     elsewhere: list[str] = []
 
     def only_this_server(route):
-        if route.request.url.startswith(server.url + "/"):
+        if route.request.url.startswith(server.live.url + "/"):
             return route.continue_()
         elsewhere.append(route.request.url)
         return route.abort()
 
     page.route("**/*", only_this_server)
-    page.goto(server.url + "/docs")
+    page.goto(server.live.url + "/docs")
     expect(page.locator(".swagger-ui .opblock-summary-path", has_text="/api/v1/check")
            ).to_be_visible()
     shot(page, "api-docs")
     assert not elsewhere, f"/docs asked for outside resources: {elsewhere}"
     tab.assert_no_js_errors()
 
-    page.goto(server.url + "/redoc")
+    page.goto(server.live.url + "/redoc")
     expect(page.get_by_text("/api/v1/uploads").first).to_be_attached()
     assert set(elsewhere) <= {"https://cdn.redoc.ly/redoc/logo-mini.svg"}, elsewhere
     tab.assert_no_js_errors("Failed to load resource")

@@ -856,15 +856,10 @@ class HeadModel(Model):
     def fast_logits(self, x: np.ndarray) -> np.ndarray:
         from .engine import EMBEDDING
 
-        logits, embedding = self.engine.run(x, ("logits", EMBEDDING))
+        return self.logits_from_backbone(*self.engine.run(x, ("logits", EMBEDDING)))
+
+    def logits_from_backbone(self, logits: np.ndarray, embedding: np.ndarray) -> np.ndarray:
         return getattr(self.module, EMBEDDING_LAYER).logits_from(embedding, logits)
-
-    def embed_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from .engine import EMBEDDING, softmax
-
-        engine = self.engine
-        logits, embedding = engine.run(engine.prepare(batch), ("logits", EMBEDDING))
-        return softmax(getattr(self.module, EMBEDDING_LAYER).logits_from(embedding, logits)), embedding
 
     def __repr__(self) -> str:
         return (f"<belka.Model {self.name} + head {Path(self.head.path).name if self.head.path else ''}: "

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Union
 import numpy as np
 
 from . import images
-from .engine import Engine, make_engine
+from .engine import Engine
 from .errors import BelkaError
 
 if TYPE_CHECKING:
@@ -55,17 +55,6 @@ def load_resized(path: StrPath, preprocessing: Preprocessing, policy: str | None
     return preprocessing.resize(images.decode(path, draft=draft), policy)
 
 
-def _runner(model_or_engine: Model | Engine):
-    """(preprocessing, batch -> probabilities) for an engine, or for a model (its own
-    ``probabilities_from_batch``: a head model's classes, on the model's engine)."""
-    if isinstance(model_or_engine, Engine):
-        return model_or_engine.preprocessing, model_or_engine.probabilities_from_batch
-    if hasattr(model_or_engine, "probabilities_from_batch"):
-        return model_or_engine.preprocessing, model_or_engine.probabilities_from_batch
-    engine = make_engine(model_or_engine, "auto")
-    return engine.preprocessing, engine.probabilities_from_batch
-
-
 def iter_predictions(model_or_engine: Model | Engine, paths: Iterable[StrPath], *,
                      batch_size: int = 32, workers: int = 2, resize: str | None = None,
                      draft: bool = True, prefetch: int = 2) -> Iterator[Result]:
@@ -79,7 +68,8 @@ def iter_predictions(model_or_engine: Model | Engine, paths: Iterable[StrPath], 
     """
     if batch_size < 1 or workers < 1 or prefetch < 0:
         raise ValueError("batch_size and workers must be >= 1 and prefetch >= 0")
-    prep, run = _runner(model_or_engine)
+    # An engine gives ImageNet probabilities; a model gives its own classes on its engine.
+    prep, run = model_or_engine.preprocessing, model_or_engine.probabilities_from_batch
     policy = resize or prep.policy
     draft_to = draft_size(prep, policy) if draft else None
 

@@ -101,7 +101,12 @@ class Model:
 
         engine = self.engine
         logits, embedding = engine.run(engine.prepare(batch), ("logits", EMBEDDING))
-        return softmax(logits), embedding
+        return softmax(self.logits_from_backbone(logits, embedding)), embedding
+
+    def logits_from_backbone(self, logits: np.ndarray, embedding: np.ndarray) -> np.ndarray:
+        """This model's logits from its engine's (backbone) logits and embeddings: the same
+        logits here; a head model applies its head."""
+        return logits
 
     # -- running the network -------------------------------------------------------------
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
