@@ -5,11 +5,14 @@ A head is a small linear softmax layer on the backbone's pooled embedding (the i
 training needs one forward pass per photo view, done once and kept in memory:
 
 * **views**: each training photo is seen whole, flipped left-right, and as four corner crops of
-  80% of its shorter side (6 embeddings per photo). Tiles are not used for training by default:
-  the only tiles whose label is certain are those of the catch-all class (a folder named
-  ``other``, ``none``, ``background`` or ``unknown``), and adding them (``other_tiles`` > 0)
-  was measured to *hurt* the tiled gate badly on the shared photos (17 -> 4 of 19 squirrels at
-  the same false-accept rate, ``docs/training.md``).
+  80% of its shorter side (6 embeddings per photo). Of the tiles, only those of the catch-all
+  class (a folder named ``other``, ``none``, ``background`` or ``unknown``) are used: theirs is
+  the only tile label that is certain (a tile of a squirrel photo may show only grass, a tile of
+  an ``other`` photo is never a squirrel). They weigh as much as one photo in all
+  (``other_tiles`` = 1.0), and teach the head what the tiled gate's close-ups of non-squirrels
+  look like: on the shared photos the tiled head gate accepted 18 instead of 15 of 19 squirrels
+  with them (17 instead of 16 with the stricter burst grouping), at the same false accepts
+  (``docs/training.md``; with 112 px tiles they once hurt).
 * **features**: the embedding, standardised; plus, for every class whose name is also an
   ImageNet class or group (``squirrel`` -> ``fox squirrel``, ``cat`` -> the five cats), the
   backbone's own ImageNet log-probability of it (*prior features*). The ImageNet classifier saw
@@ -26,10 +29,11 @@ training needs one forward pass per photo view, done once and kept in memory:
   every training photo would pass even with its own burst removed. A photo of something the head
   never saw is then not accepted just because the allowed class was the least unlikely.
 * **cross-validation**: k folds (default 5) with :class:`~sklearn.model_selection.StratifiedGroupKFold`,
-  grouped by burst (:func:`burst_key`: the file stem without trailing digits, so
-  ``cjmcdd_squirrel1`` ... ``cjmcdd_squirrel14`` are one group; near-duplicate embeddings, cosine
-  >= 0.97, join the same group). Every photo gets out-of-fold scores from a head that never saw
-  its burst; thresholds, the report and the confusion matrix come from those.
+  grouped by burst (:func:`burst_groups`: the same file stem without trailing digits, frame
+  numbers at most 10 apart and EXIF times at most 10 s apart, or without EXIF times embeddings
+  with cosine >= 0.8; any two photos with cosine >= 0.97 join too). Every photo gets
+  out-of-fold scores from a head that never saw its burst; thresholds, the report and the
+  confusion matrix come from those.
 
 The ``.belka`` file is one safetensors file: tensors ``weight`` (K x F), ``bias`` (K), ``mean`` and
 ``scale`` (F, the standardisation), ``prior_mask`` (P x C: which backbone classes make each prior
@@ -82,7 +86,9 @@ OTHER_NAMES = ("other", "others", "none", "background", "unknown")   # catch-all
 # Labelled photos and burst groups
 
 
-BURST_GAP = 10                       # frame numbers at most this far apart chain into one burst
+BURST_GAP = 10                       # frame numbers at most this far apart may be one burst
+BURST_SECONDS = 10.0                 # ... and then are, when their EXIF times are this close
+SAME_SCENE = 0.8                     # ... or, without EXIF times, when their embeddings are this close
 _TRAILING_NUMBERS = re.compile(r"(?:[\s_\-.]*\(?\d+\)?)+$")
 
 
@@ -103,12 +109,42 @@ def _frame_number(name: str | os.PathLike) -> int | None:
     return int(numbers[0]) if numbers else None
 
 
+def capture_time(path: str | os.PathLike) -> float | None:
+    """When the photo was taken (EXIF ``DateTimeOriginal``, else ``DateTime``), in seconds on
+    an arbitrary but consistent scale; None when the file has no such tag or cannot be read.
+    Reads the header only."""
+    from datetime import datetime
+
+    try:
+        with Image.open(path) as im:
+            exif = im.getexif()
+            text = exif.get_ifd(0x8769).get(36867) or exif.get(306)
+        stamp = datetime.strptime(str(text).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+    except Exception:          # no file, not an image, no tag, a malformed date: unknown
+        return None
+    return (stamp - datetime(1970, 1, 1)).total_seconds()
+
+
+def _same_burst(time0: float | None, time1: float | None, similarity: float | None) -> bool:
+    """Two photos with one burst name and nearby frame numbers: one burst?"""
+    if time0 is not None and time1 is not None:
+        return abs(time0 - time1) <= BURST_SECONDS
+    if similarity is not None:
+        return similarity >= SAME_SCENE
+    return True                # names are all we know: keep them together, to be safe
+
+
 def burst_groups(paths: Sequence[str | os.PathLike], embeddings: np.ndarray | None = None,
                  near_duplicate: float = NEAR_DUPLICATE, gap: int = BURST_GAP) -> np.ndarray:
-    """A group id per photo. Two photos share a group (transitively) when they have the same
-    :func:`burst_key` and frame numbers at most ``gap`` apart (``squirrel1`` ... ``squirrel14``
-    chain into one burst; ``IMG_0042`` and ``IMG_0950`` do not), or when their embeddings have
-    cosine similarity >= ``near_duplicate`` (a resized or re-encoded copy)."""
+    """A group id per photo, so that cross-validation never splits near-duplicates.
+
+    Two photos share a group (transitively) when their embeddings have cosine similarity >=
+    ``near_duplicate`` (a resized or re-encoded copy), or when they have the same
+    :func:`burst_key`, frame numbers at most ``gap`` apart, and were taken within
+    :data:`BURST_SECONDS` of each other (EXIF); without EXIF times, when their embeddings have
+    similarity >= :data:`SAME_SCENE`; without embeddings either, on the names alone. So a
+    camera roll ``IMG_4501`` ... ``IMG_4530`` of different days is not one burst, while the
+    frames of a real burst are."""
     parent = list(range(len(paths)))
 
     def find(i: int) -> int:
@@ -122,18 +158,31 @@ def burst_groups(paths: Sequence[str | os.PathLike], embeddings: np.ndarray | No
         if a != b:
             parent[max(a, b)] = min(a, b)
 
+    sims = None
+    if embeddings is not None and len(paths) > 1:
+        unit = _unit(embeddings)
+        sims = unit @ unit.T
+    times: dict[int, float | None] = {}
+
+    def time_of(i: int) -> float | None:
+        if i not in times:
+            times[i] = capture_time(paths[i])
+        return times[i]
+
     by_key: dict[str, list[tuple[int, int]]] = {}
     for i, path in enumerate(paths):
         number = _frame_number(path)
         by_key.setdefault(burst_key(path), []).append((-1 if number is None else number, i))
     for members in by_key.values():
         members.sort()
-        for (n0, i0), (n1, i1) in zip(members, members[1:]):
-            if n1 - n0 <= gap:
-                union(i0, i1)
-    if embeddings is not None and len(paths) > 1:
-        unit = _unit(embeddings)
-        sims = unit @ unit.T
+        for a, (n0, i0) in enumerate(members):
+            for n1, i1 in members[a + 1:]:
+                if n1 - n0 > gap:
+                    break
+                if _same_burst(time_of(i0), time_of(i1),
+                               None if sims is None else float(sims[i0, i1])):
+                    union(i0, i1)
+    if sims is not None:
         for i, j in zip(*np.nonzero(np.triu(sims >= near_duplicate, k=1))):
             union(int(i), int(j))
     roots = [find(i) for i in range(len(paths))]
@@ -419,7 +468,7 @@ class TrainOptions:
     prior_weight_decay: float = 1e-4     # on the prior-feature weights
     batch_size: int = 128
     augment: bool = True
-    other_tiles: float = 0.0             # total weight of a catch-all photo's tiles (0: unused)
+    other_tiles: float = 1.0             # total weight of a catch-all photo's tiles (0: unused)
     folds: int = 5
     max_false_accept: float = 0.01
     tiling: Tiling | None = DEFAULT_TILING
