@@ -252,6 +252,15 @@ def test_train_classify_check_evaluate_commands(tmp_path):
     assert out.exists() and (tmp_path / "cat.confusion.png").exists()
     report = json.loads((tmp_path / "cat.report.json").read_text())
     assert set(report["classes"]) == {"cat", "other"}
+    # where the gate fails, by file: refused photos are the class's own, let-through ones not
+    assert "where the gate fails" in result.stdout
+    gate = report["gate"]["cat"]["whole"]
+    assert all(r["file"].startswith("cat/") for r in gate["heldout_refused"])
+    refused = len(gate["heldout_refused"])
+    assert refused == round((1 - gate["heldout_accept_rate"]) * 3)
+    assert all(r["file"].startswith("other/") for r in gate["heldout_false_accepts"])
+    assert report["classes"]["cat"]["bursts"] <= 3
+    assert "has photos from only" in result.stderr                 # 3 photos: rough rates
     cat = data / "cat" / "cat_a.png"
     classify = run("classify", str(cat), "--head", str(out), "--json", "--top", "2")
     assert classify.exit_code == 0, classify.output

@@ -971,6 +971,7 @@ def train(model: Model, photos: LabelledPhotos, options: TrainOptions = TrainOpt
         tp = confusion[c, c]
         per_class[label] = {
             "photos": int(confusion[c].sum()),
+            "bursts": len(set(groups[y == c].tolist())),
             "precision": round(float(tp / confusion[:, c].sum()), 4) if confusion[:, c].sum() else None,
             "recall": round(float(tp / confusion[c].sum()), 4) if confusion[c].sum() else None}
     thresholds: dict = {"whole": {}, "tiles": {}}
@@ -990,7 +991,9 @@ def train(model: Model, photos: LabelledPhotos, options: TrainOptions = TrainOpt
                 "accept_rate": round(float((scores[positive] >= t).mean()), 4),
                 "false_accept_rate": round(float((scores[~positive] >= t).mean()), 4),
                 "heldout_accept_rate": round(held.heldout_accept_rate, 4),
-                "heldout_false_accept_rate": round(held.heldout_false_accept_rate, 4)}
+                "heldout_false_accept_rate": round(held.heldout_false_accept_rate, 4),
+                "heldout_refused": _named(photos, scores, positive & ~held.accepted, True),
+                "heldout_false_accepts": _named(photos, scores, ~positive & held.accepted, False)}
 
     t0 = time.perf_counter()
     backbone, prior_mask = _backbone_parts(model, labels)
@@ -1024,6 +1027,14 @@ def train(model: Model, photos: LabelledPhotos, options: TrainOptions = TrainOpt
                 _preprocessing_dict(model), prior_classes(model, labels), thresholds,
                 options.tiling, {"options": options.to_dict(), "files": files}, report)
     return TrainResult(head, oof, photos, groups, embedded, confusion, timings)
+
+
+def _named(photos: LabelledPhotos, scores: np.ndarray, mask: np.ndarray, ascending: bool,
+           ) -> list[dict]:
+    """The photos in ``mask`` as ``{"file": "class/name.jpg", "score": s}``, worst first."""
+    rows = [{"file": f"{photos.labels[photos.y[i]]}/{Path(photos.paths[i]).name}",
+             "score": round(float(scores[i]), 4)} for i in np.flatnonzero(mask)]
+    return sorted(rows, key=lambda r: r["score"], reverse=not ascending)
 
 
 def seen_in_training(head: Head, paths: Iterable[str]) -> list[bool]:

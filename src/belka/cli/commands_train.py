@@ -18,6 +18,16 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.0%}"
 
 
+FEW_BURSTS = 10    # fewer independent bursts than this in a class: its rates are rough
+
+
+def _files(rows: list[dict], limit: int = 4) -> str:
+    if not rows:
+        return "none"
+    shown = ", ".join(f"{r['file']} ({r['score']:.2g})" for r in rows[:limit])
+    return shown + (f" and {len(rows) - limit} more (see the report)" if len(rows) > limit else "")
+
+
 @main.command()
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
@@ -99,6 +109,18 @@ def train(data_dir, out, model_name, weights, epochs, seed, folds, max_false_acc
                        f"{_pct(g['accept_rate'])} of {label}, {g['false_accept_rate']:.1%} of the "
                        f"rest (held-out {_pct(g['heldout_accept_rate'])} / "
                        f"{g['heldout_false_accept_rate']:.1%})")
+    mode = "tiles" if tiles else "whole"
+    click.echo(f"\nwhere the gate fails, held out ({mode}; --allow CLASS refuses / lets through):")
+    for label, modes in rep["gate"].items():
+        g = modes[mode]
+        click.echo(f"  {label:16} refused: {_files(g.get('heldout_refused', []))}")
+        click.echo(f"  {'':16} let through: {_files(g.get('heldout_false_accepts', []))}")
+    for label, row in rep["classes"].items():
+        bursts = row.get("bursts", row["photos"])
+        if bursts < FEW_BURSTS:
+            click.echo(f"note: {label} has photos from only {bursts} burst(s); one of them moves "
+                       f"its held-out rates by up to {1 / max(bursts, 1):.0%}. Photos from more "
+                       "places and days make these figures trustworthy.", err=True)
     if photos.skipped:
         click.echo(f"\nskipped {len(photos.skipped)} unreadable files (see the report)", err=True)
     click.echo(f"\nconfusion matrix: {png}\nreport: {report_path}")
