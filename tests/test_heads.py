@@ -140,7 +140,7 @@ def test_head_learns_and_reports(trained, dataset):
     assert trained.confusion.sum() == len(photos.paths)
     assert np.trace(trained.confusion) >= len(photos.paths) - 1  # out of fold, nearly all right
     for label in head.labels:
-        assert set(head.report["classes"][label]) == {"photos", "precision", "recall"}
+        assert set(head.report["classes"][label]) == {"photos", "bursts", "precision", "recall"}
         t = head.thresholds["whole"][label]
         assert heads.MIN_HEAD_THRESHOLD <= t <= 1.0
     assert head.floors.shape == (3,) and (head.floors > 0).all()
