@@ -334,7 +334,7 @@ def embed_photos(model: Model, photos: Sequence[ImageLike], *, augment: bool = T
         pending.clear()
         spans.clear()
 
-    disable = (len(photos) <= 4) if progress is None else not progress
+    disable = (True if len(photos) <= 4 else None) if progress is None else not progress
     with tqdm(photos, desc=desc, unit="photo", disable=disable, leave=False,
               dynamic_ncols=True) as bar:
         for photo in bar:
