@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 import belka
-from belka import heads, tiling
+from belka import bursts, heads, tiling
 from belka.calibrate import choose_threshold, cross_validated_threshold
 from belka.gate import Gate
 from belka.tiling import DEFAULT_TILING
@@ -152,7 +152,7 @@ def main() -> int:
     y, labels = photos.y, photos.labels
     sq = labels.index("squirrel")
     positive = y == sq
-    groups = heads.burst_groups(photos.paths, embedded.whole)
+    groups = bursts.burst_groups(photos.paths, embedded.whole)
     print(f"{len(y)} photos ({positive.sum()} squirrels, {(~positive).sum()} cat/other), "
           f"{len(set(groups.tolist()))} burst groups ({len(set(groups[positive].tolist()))} among "
           f"squirrels); {embedded.forwards} forwards to embed every view once "
@@ -182,7 +182,7 @@ def main() -> int:
                         positive, y, labels, groups, target, folds, seed))
         # The stricter grouping of sessions 1-2: same burst name and frame numbers <= 10
         # apart, whatever the photos show (all 14 cjmcdd photos in one group).
-        strict = heads.burst_groups(photos.paths)
+        strict = bursts.burst_groups(photos.paths)
         o = heads.cross_validate(model, embedded, y, strict, labels, options)
         for gate_name, use_tiles in (("(c)", False), ("(d)", True)):
             rows.append(row(f"    {gate_name} grouped by file name only", o.scores([sq], tiles=use_tiles),
@@ -200,7 +200,7 @@ def main() -> int:
     others = [l for l in labels if l != "squirrel"]
     print(f"held-out rates at a threshold chosen on the training folds for <= {target:.0%} false "
           f"accepts ({folds} folds grouped by burst; head cross-validation {cv_seconds:.1f} s)\n")
-    header = (f"| gate | squirrels accepted | false accepts (cat+other) | "
+    header = ("| gate | squirrels accepted | false accepts (cat+other) | "
               + " | ".join(f"{o} accepted" for o in others) + " | fold thresholds | threshold on all |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))

@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import bursts
 from .errors import BelkaError, ModelError, UsageError
 from .files import write_atomic
 
@@ -292,7 +293,7 @@ def score_folder(model, data_dir: str | os.PathLike, allow: str | Sequence[str],
     index = {p: i for i, p in enumerate(photos.paths)}
     rows = np.array([index[p] for p in kept], dtype=np.int64)
     return Scored(kept, photos.labels, photos.y[rows], positive[rows], np.array(scores),
-                  heads.burst_groups(kept), boxes, False, skipped, forwards)
+                  bursts.burst_groups(kept), boxes, False, skipped, forwards)
 
 
 def _score_retrained(model, photos, positive, allow, tiles, folds, seed, progress) -> Scored:
@@ -307,7 +308,7 @@ def _score_retrained(model, photos, positive, allow, tiles, folds, seed, progres
     base = model.backbone
     embedded = heads.embed_photos(base, photos.paths, augment=options.augment,
                                   tiling=options.tiling, progress=progress)
-    groups = heads.burst_groups(photos.paths, embedded.whole)
+    groups = bursts.burst_groups(photos.paths, embedded.whole)
     oof = heads.cross_validate(base, embedded, photos.y, groups, photos.labels, options, progress)
     allow_idx = list(np.flatnonzero(positive_folders(model, photos.labels, allow)))
     scores = oof.scores(allow_idx, tiles=tiles)

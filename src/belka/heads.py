@@ -29,11 +29,9 @@ training needs one forward pass per photo view, done once and kept in memory:
   every training photo would pass even with its own burst removed. A photo of something the head
   never saw is then not accepted just because the allowed class was the least unlikely.
 * **cross-validation**: k folds (default 5) with :class:`~sklearn.model_selection.StratifiedGroupKFold`,
-  grouped by burst (:func:`burst_groups`: the same file stem without trailing digits, frame
-  numbers at most 10 apart and EXIF times at most 10 s apart, or without EXIF times embeddings
-  with cosine >= 0.8; any two photos with cosine >= 0.97 join too). Every photo gets
-  out-of-fold scores from a head that never saw its burst; thresholds, the report and the
-  confusion matrix come from those.
+  grouped by burst (:mod:`belka.bursts`: near-repeats by name, EXIF time and content). Every
+  photo gets out-of-fold scores from a head that never saw its burst; thresholds, the report
+  and the confusion matrix come from those.
 
 The ``.belka`` file is one safetensors file: tensors ``weight`` (K x F), ``bias`` (K), ``mean`` and
 ``scale`` (F, the standardisation), ``prior_mask`` (P x C: which backbone classes make each prior
@@ -53,7 +51,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +62,7 @@ from PIL import Image
 from torch import nn
 
 from . import images
+from .bursts import burst_groups
 from .errors import BelkaError, ModelError, UsageError
 from .files import write_atomic
 from .models.model import ImageLike, Model
@@ -76,118 +74,13 @@ HEAD_SUFFIX = ".belka"
 EMBEDDING_LAYER = "predictions"       # the head replaces this layer and reads its input
 AUGMENT_CROP = 0.8                   # corner crops keep this share of the shorter side
 NOVELTY_FACTOR = 0.9                 # floor = factor x lowest leave-one-burst-out similarity
-NEAR_DUPLICATE = 0.97                # cosine similarity that joins two photos' groups
 MIN_HEAD_THRESHOLD = 0.1             # calibrated head thresholds never go below this
 DEFAULT_HEAD_THRESHOLD = 0.5         # when no calibrated threshold fits (several classes allowed)
 OTHER_NAMES = ("other", "others", "none", "background", "unknown")   # catch-all class names
 
 
 # ------------------------------------------------------------------------------------------
-# Labelled photos and burst groups
-
-
-BURST_GAP = 10                       # frame numbers at most this far apart may be one burst
-BURST_SECONDS = 10.0                 # ... and then are, when their EXIF times are this close
-SAME_SCENE = 0.8                     # ... or, without EXIF times, when their embeddings are this close
-_TRAILING_NUMBERS = re.compile(r"(?:[\s_\-.]*\(?\d+\)?)+$")
-
-
-def burst_key(name: str | os.PathLike) -> str:
-    """The burst name of a photo: its file stem, lower case, without trailing digits and
-    the separators before them (``cjmcdd_squirrel14.jpg`` -> ``cjmcdd_squirrel``,
-    ``IMG_0042 (2).jpg`` -> ``img``)."""
-    stem = Path(name).stem.lower()
-    key = _TRAILING_NUMBERS.sub("", stem)
-    return key or stem
-
-
-def _frame_number(name: str | os.PathLike) -> int | None:
-    match = _TRAILING_NUMBERS.search(Path(name).stem.lower())
-    if not match:
-        return None
-    numbers = re.findall(r"\d+", match.group(0))
-    return int(numbers[0]) if numbers else None
-
-
-def capture_time(path: str | os.PathLike) -> float | None:
-    """When the photo was taken (EXIF ``DateTimeOriginal``, else ``DateTime``), in seconds on
-    an arbitrary but consistent scale; None when the file has no such tag or cannot be read.
-    Reads the header only."""
-    from datetime import datetime
-
-    try:
-        with Image.open(path) as im:
-            exif = im.getexif()
-            text = exif.get_ifd(0x8769).get(36867) or exif.get(306)
-        stamp = datetime.strptime(str(text).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
-    except Exception:          # no file, not an image, no tag, a malformed date: unknown
-        return None
-    return (stamp - datetime(1970, 1, 1)).total_seconds()
-
-
-def _same_burst(time0: float | None, time1: float | None, similarity: float | None) -> bool:
-    """Two photos with one burst name and nearby frame numbers: one burst?"""
-    if time0 is not None and time1 is not None:
-        return abs(time0 - time1) <= BURST_SECONDS
-    if similarity is not None:
-        return similarity >= SAME_SCENE
-    return True                # names are all we know: keep them together, to be safe
-
-
-def burst_groups(paths: Sequence[str | os.PathLike], embeddings: np.ndarray | None = None,
-                 near_duplicate: float = NEAR_DUPLICATE, gap: int = BURST_GAP) -> np.ndarray:
-    """A group id per photo, so that cross-validation never splits near-duplicates.
-
-    Two photos share a group (transitively) when their embeddings have cosine similarity >=
-    ``near_duplicate`` (a resized or re-encoded copy), or when they have the same
-    :func:`burst_key`, frame numbers at most ``gap`` apart, and were taken within
-    :data:`BURST_SECONDS` of each other (EXIF); without EXIF times, when their embeddings have
-    similarity >= :data:`SAME_SCENE`; without embeddings either, on the names alone. So a
-    camera roll ``IMG_4501`` ... ``IMG_4530`` of different days is not one burst, while the
-    frames of a real burst are."""
-    parent = list(range(len(paths)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        a, b = find(i), find(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-
-    sims = None
-    if embeddings is not None and len(paths) > 1:
-        unit = _unit(embeddings)
-        sims = unit @ unit.T
-    times: dict[int, float | None] = {}
-
-    def time_of(i: int) -> float | None:
-        if i not in times:
-            times[i] = capture_time(paths[i])
-        return times[i]
-
-    by_key: dict[str, list[tuple[int, int]]] = {}
-    for i, path in enumerate(paths):
-        number = _frame_number(path)
-        by_key.setdefault(burst_key(path), []).append((-1 if number is None else number, i))
-    for members in by_key.values():
-        members.sort()
-        for a, (n0, i0) in enumerate(members):
-            for n1, i1 in members[a + 1:]:
-                if n1 - n0 > gap:
-                    break
-                if _same_burst(time_of(i0), time_of(i1),
-                               None if sims is None else float(sims[i0, i1])):
-                    union(i0, i1)
-    if sims is not None:
-        for i, j in zip(*np.nonzero(np.triu(sims >= near_duplicate, k=1))):
-            union(int(i), int(j))
-    roots = [find(i) for i in range(len(paths))]
-    ids = {r: n for n, r in enumerate(dict.fromkeys(roots))}
-    return np.array([ids[r] for r in roots], dtype=np.int64)
+# Labelled photos
 
 
 @dataclass
