@@ -4,6 +4,7 @@ curve, policies, and the calibrate command with `belka check --policy`."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,19 @@ def test_calibrating_a_head_on_its_own_photos_uses_out_of_fold_scores(tmp_path):
     with pytest.raises(UsageError, match="calibrated for a head"):
         policy.check_model(model)
     policy.check_model(with_head)
+
+
+def test_evaluate_takes_one_folder_and_calibrate_says_what_it_misses(tmp_path):
+    data = _folder(tmp_path / "data")
+    shutil.rmtree(data / "other")                   # only cats left
+    evaluated = run("evaluate", str(data), "--allow", "cat", "--no-tiles", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    doc = json.loads(evaluated.stdout)
+    cats = doc["folders"]["cat"]
+    assert cats["photos"] == 4 and cats["positive"] and not doc["false_accepts"]
+    assert len(doc["missed"]) == 4 - cats["accepted"]     # every refused cat is listed
+    text = run("evaluate", str(data), "--allow", "cat", "--no-tiles")
+    assert "refused, should be accepted" in text.stdout
+    refused = run("calibrate", str(data), "--allow", "cat", "--no-tiles")
+    assert refused.exit_code == 2
+    assert "calibration" in refused.stderr and "other/" in refused.stderr

@@ -84,7 +84,7 @@ def test_folds_keep_bursts_together():
 def test_read_folder_needs_two_classes(tmp_path):
     (tmp_path / "squirrel").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "squirrel" / "a.png")
-    with pytest.raises(UsageError, match="at least two"):
+    with pytest.raises(UsageError, match="a head needs at least 2"):
         heads.read_folder(tmp_path)
     (tmp_path / "cat").mkdir()
     with pytest.raises(UsageError, match="no images in cat"):

@@ -266,7 +266,8 @@ def score_folder(model, data_dir: str | os.PathLike, allow: str | Sequence[str],
     from . import heads
     from .gate import Gate
 
-    photos = heads.read_folder(data_dir)
+    photos = heads.read_folder(
+        data_dir, purpose="calibration (the allowed class and other things)")
     positive_class = positive_folders(model, photos.labels, allow)
     if not positive_class.any():
         raise UsageError(f"{data_dir}: no sub-folder holds {allow!r}: name the folder of the "

@@ -98,9 +98,11 @@ class LabelledPhotos:
                               self.y[keep], self.skipped)
 
 
-def read_folder(data_dir: str | os.PathLike, classes: Sequence[str] | None = None) -> LabelledPhotos:
+def read_folder(data_dir: str | os.PathLike, classes: Sequence[str] | None = None, *,
+                min_classes: int = 2, purpose: str = "a head") -> LabelledPhotos:
     """Labelled photos from ``DATA_DIR/<class>/**`` (one sub-folder per class; hidden folders
-    are skipped; ``classes`` keeps only those sub-folders)."""
+    are skipped; ``classes`` keeps only those sub-folders). Fewer than ``min_classes`` class
+    folders is a :class:`UsageError` that says what ``purpose`` needs."""
     root = Path(data_dir)
     if not root.is_dir():
         raise UsageError(f"{root}: not a folder; expected one sub-folder of photos per class")
@@ -119,9 +121,10 @@ def read_folder(data_dir: str | os.PathLike, classes: Sequence[str] | None = Non
             paths.append(str(file))
             ys.append(index)
     counts = np.bincount(np.array(ys, dtype=np.int64), minlength=len(labels))
-    if len(labels) < 2:
-        raise UsageError(f"{root}: found {len(labels)} class folder(s); a head needs at least two "
-                         f"(e.g. squirrel/ and other/)")
+    if len(labels) < min_classes:
+        example = "squirrel/ and other/" if min_classes > 1 else "squirrel/"
+        raise UsageError(f"{root}: found {len(labels)} class folder(s); {purpose} needs at least "
+                         f"{min_classes} (e.g. {example}), each holding photos")
     empty = [name for name, n in zip(labels, counts) if n == 0]
     if empty:
         raise UsageError(f"{root}: no images in {', '.join(empty)}")

@@ -245,7 +245,7 @@ def evaluate(data_dir, allow, threshold, policy, tiles, as_json, head, model_nam
 
     model = load_model(model_name, weights, head)
     gate = Gate(model, allow=allow, threshold=threshold, tiles=tiles, policy=policy)
-    photos = heads.read_folder(data_dir)
+    photos = heads.read_folder(data_dir, min_classes=1, purpose="evaluation")
     positive = positive_folders(model, photos.labels, gate.allow)
     label_of = dict(zip(photos.paths, photos.y.tolist()))
     stats = {l: {"photos": 0, "accepted": 0, "positive": bool(p)}
@@ -280,10 +280,12 @@ def evaluate(data_dir, allow, threshold, policy, tiles, as_json, head, model_nam
     for label, s in stats.items():
         mark = "  (should be accepted)" if s["positive"] else ""
         click.echo(f"  {label:16} {s['photos']:6} {s['accepted']:8} {_pct(s['rate']):>6}{mark}")
-    click.echo(f"\nfalse accepts: {len(false_accepts)}")
-    for e in false_accepts:
-        where = f" in tile {e['tile']}" if e["tile"] else ""
-        click.echo(f"  {e['path']}  score {e['score']:.3f}{where}")
+    for title, entries in (("false accepts", false_accepts),
+                           ("refused, should be accepted", missed)):
+        click.echo(f"\n{title}: {len(entries)}")
+        for e in entries:
+            where = f" in tile {e['tile']}" if e["tile"] else ""
+            click.echo(f"  {e['path']}  score {e['score']:.3g}{where}")
     if seen:
         click.echo(f"\nnote: {seen} of these photos were used to train the head, so these rates "
                    f"are optimistic; `belka calibrate` gives held-out rates", err=True)
