@@ -118,9 +118,10 @@ def train(data_dir, out, model_name, weights, epochs, seed, folds, max_false_acc
     for label, row in rep["classes"].items():
         bursts = row.get("bursts", row["photos"])
         if bursts < FEW_BURSTS:
-            click.echo(f"note: {label} has photos from only {bursts} burst(s); one of them moves "
-                       f"its held-out rates by up to {1 / max(bursts, 1):.0%}. Photos from more "
-                       "places and days make these figures trustworthy.", err=True)
+            click.echo(f"note: {label} has photos from only {bursts} burst(s), {row['photos']} "
+                       f"photos: each moves its held-out rates by {1 / max(row['photos'], 1):.0%}. "
+                       "Photos from more places and days make these figures trustworthy.",
+                       err=True)
     if photos.skipped:
         click.echo(f"\nskipped {len(photos.skipped)} unreadable files (see the report)", err=True)
     click.echo(f"\nconfusion matrix: {png}\nreport: {report_path}")
