@@ -121,6 +121,11 @@ def test_calibrate_command_writes_policy_and_roc_and_check_uses_it(tmp_path):
                   "--json", "--roc", str(tmp_path / "r.png"))
     doc = json.loads(as_json.stdout)
     assert doc["positives"] == 4 and doc["negatives"] == 4 and doc["roc"].endswith("r.png")
+    held = doc["heldout"]              # the held-out mistakes, by file, add up to its counts
+    assert len(doc["heldout_refused"]) == held["positives"] - held["accepts"]
+    assert len(doc["heldout_let_through"]) == held["false_accepts"]
+    assert all("/cat/" in p for p in doc["heldout_refused"])
+    assert all("/other/" in p for p in doc["heldout_let_through"])
 
 
 def test_calibrating_a_head_on_its_own_photos_uses_out_of_fold_scores(tmp_path):

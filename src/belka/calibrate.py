@@ -330,6 +330,8 @@ class Calibration:
     out_of_fold: bool
     positives: int
     negatives: int
+    heldout_refused: list[str] = field(default_factory=list)        # allowed photos, held out
+    heldout_let_through: list[str] = field(default_factory=list)    # other photos, held out
 
     def to_dict(self) -> dict:
         return {"allow": self.allow, "max_false_accept": self.max_false_accept,
@@ -338,6 +340,8 @@ class Calibration:
                 "accept_rate": round(self.accept_rate, 4),
                 "false_accept_rate": round(self.false_accept_rate, 4),
                 "heldout": self.heldout.to_dict(), "false_accepts": self.false_accepts,
+                "heldout_refused": self.heldout_refused,
+                "heldout_let_through": self.heldout_let_through,
                 "out_of_fold_scores": self.out_of_fold}
 
 
@@ -350,10 +354,13 @@ def calibrate_scores(scored: Scored, allow: str, max_false_accept: float, *, fol
                                      max_false_accept, folds=folds, seed=seed, floor=floor)
     accepted = scored.scores >= threshold
     false_accepts = [p for p, a, n in zip(scored.paths, accepted, neg) if a and n]
+    paths = np.asarray(scored.paths, dtype=object)
     return Calibration(allow, max_false_accept, threshold,
                        float(accepted[scored.positive].mean()), float(accepted[neg].mean()),
                        held, false_accepts, tiles, scored.out_of_fold,
-                       int(scored.positive.sum()), int(neg.sum()))
+                       int(scored.positive.sum()), int(neg.sum()),
+                       paths[scored.positive & ~held.accepted].tolist(),
+                       paths[neg & held.accepted].tolist())
 
 
 def policy_for(model, calibration: Calibration, allow: str) -> Policy:

@@ -213,6 +213,10 @@ def calibrate(data_dir, allow, max_false_accept, out, roc, tiles, folds, seed, a
                f"{held.heldout_false_accept_rate:.1%} ({held.false_accepts}/{held.negatives})")
     for path in result.false_accepts:
         click.echo(f"  false accept: {path}")
+    for title, paths in (("held out, refused", result.heldout_refused),
+                         ("held out, let through", result.heldout_let_through)):
+        for path in paths:
+            click.echo(f"  {title}: {path}")
     click.echo(f"ROC curve: {roc_path}" + (f"\nsaved: {saved}" if saved else ""))
 
 
