@@ -74,3 +74,14 @@ def test_batch_check_returns_one_result_each(model):
     results = model.check([skdata.chelsea(), skdata.coffee()], allow="cat")
     assert [r.verdict for r in results] == ["accept", "warn"]
     assert results[1].predictions[0].label == "espresso"
+
+
+def test_a_result_carries_the_whole_image_embedding(model):
+    """Calibration groups bursts by content from these, so they must be the whole image's."""
+    image = skdata.astronaut()                     # 512 x 512: tiles too
+    result = Gate(model, "cat", tiles=True).check_many([image])[0]
+    assert result.views > 1 and result.embedding is not None
+    whole = model.preprocessing.resize(image)[np.newaxis]
+    _, want = model.embed_batch(whole)
+    np.testing.assert_allclose(result.embedding, want[0], rtol=1e-4, atol=1e-5)
+    assert "embedding" not in result.to_dict()

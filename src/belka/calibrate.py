@@ -280,7 +280,7 @@ def score_folder(model, data_dir: str | os.PathLike, allow: str | Sequence[str],
         return _score_retrained(model, photos, positive, allow, tiles, folds, seed, progress)
 
     gate = Gate(model, allow=allow, threshold=0.5, tiles=tiles)
-    kept, scores, boxes, skipped = [], [], [], []
+    kept, scores, boxes, skipped, embeddings = [], [], [], [], []
     forwards = 0
     for path, result, error in gate.check_paths(photos.paths, batch_size=batch_size,
                                                 progress=progress):
@@ -290,11 +290,14 @@ def score_folder(model, data_dir: str | os.PathLike, allow: str | Sequence[str],
         kept.append(path)
         scores.append(result.score)
         boxes.append(result.tile)
+        embeddings.append(result.embedding)
         forwards += result.views
     index = {p: i for i, p in enumerate(photos.paths)}
     rows = np.array([index[p] for p in kept], dtype=np.int64)
+    embedded = bool(embeddings) and all(e is not None for e in embeddings)
+    groups = bursts.burst_groups(kept, np.stack(embeddings) if embedded else None)
     return Scored(kept, photos.labels, photos.y[rows], positive[rows], np.array(scores),
-                  bursts.burst_groups(kept), boxes, False, skipped, forwards)
+                  groups, boxes, False, skipped, forwards)
 
 
 def _score_retrained(model, photos, positive, allow, tiles, folds, seed, progress) -> Scored:

@@ -66,6 +66,8 @@ class CheckResult:
     views: int = 1                    # forwards spent on this image
     known: bool = True                # False: the head alone would accept, but no view
                                       # resembles its training photos (none of the above)
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+                                      # the whole image's backbone embedding, when computed
 
     @property
     def accepted(self) -> bool:
@@ -175,7 +177,8 @@ class Gate:
             known = raw < self.threshold
         tile = boxes[best] if best < len(boxes) else None
         return CheckResult(verdict, score, self.threshold, self.allowed,
-                           self.model.rank(probs[0], 5), path, tile, len(boxes), known)
+                           self.model.rank(probs[0], 5), path, tile, len(boxes), known,
+                           None if embeddings is None else embeddings[0])
 
     def views(self, image: np.ndarray, resize: str | None = None) -> tuple[np.ndarray, list]:
         """The views the gate runs for one decoded image, and their boxes."""
