@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
 __all__ = ["BURST_GAP", "BURST_SECONDS", "NEAR_DUPLICATE", "SAME_SCENE", "burst_groups",
-           "burst_key", "capture_time"]
+           "burst_key", "capture_time", "connected_groups"]
 
 NEAR_DUPLICATE = 0.97                # cosine similarity that joins two photos whatever their names
 
@@ -82,19 +82,7 @@ def burst_groups(paths: Sequence[str | os.PathLike], embeddings: np.ndarray | No
                  near_duplicate: float = NEAR_DUPLICATE, gap: int = BURST_GAP) -> np.ndarray:
     """A group id per photo (0, 1, ... in order of first appearance): photos in one burst share
     it, by the rules in the module docstring. ``embeddings`` (N x D) are optional."""
-    parent = list(range(len(paths)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        a, b = find(i), find(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-
+    pairs: list[tuple[int, int]] = []
     sims = None
     if embeddings is not None and len(paths) > 1:
         unit = _unit(embeddings)
@@ -118,13 +106,21 @@ def burst_groups(paths: Sequence[str | os.PathLike], embeddings: np.ndarray | No
                     break
                 if _same_burst(time_of(i0), time_of(i1),
                                None if sims is None else float(sims[i0, i1])):
-                    union(i0, i1)
+                    pairs.append((i0, i1))
     if sims is not None:
-        for i, j in zip(*np.nonzero(np.triu(sims >= near_duplicate, k=1))):
-            union(int(i), int(j))
-    roots = [find(i) for i in range(len(paths))]
-    ids = {r: n for n, r in enumerate(dict.fromkeys(roots))}
-    return np.array([ids[r] for r in roots], dtype=np.int64)
+        pairs.extend(zip(*np.nonzero(np.triu(sims >= near_duplicate, k=1))))
+    return connected_groups(len(paths), pairs)
+
+
+def connected_groups(n: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
+    """A group id per item 0..n-1 (0, 1, ... in order of first appearance) such that the two
+    items of every pair share one, transitively: the connected components of the pair graph."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    edges = np.asarray(list(pairs), dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

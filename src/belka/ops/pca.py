@@ -27,6 +27,7 @@ from typing import Literal, NamedTuple, Union
 import numpy as np
 
 from .. import images
+from ..bursts import connected_groups
 from ..errors import BelkaError, ImageError, UsageError
 from ..files import write_atomic
 
@@ -575,17 +576,7 @@ def near_duplicate_groups(
             series = stem.rstrip("0123456789")
             if series != stem and any(c.isalpha() for c in series):  # "12.jpg" is no series
                 pairs.append((first.setdefault(series, i), i))
-    parent = list(range(len(rows)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in pairs:
-        parent[find(int(i))] = find(int(j))
-    return np.unique([find(i) for i in range(len(rows))], return_inverse=True)[1]
+    return connected_groups(len(rows), pairs)
 
 
 def labelled_folder(folder: str | os.PathLike, positive: str = "squirrel") -> tuple[list[Path], np.ndarray]:
