@@ -265,13 +265,8 @@ def nested(model, embedded, paths, y, groups, labels, options, target) -> None:
         backbone, prior_mask = heads._backbone_parts(model, labels)
         fitted = heads._fit(backbone, prior_mask, embedded, y, groups, train_rows, labels, opts)
         for i in test_rows:
-            views = embedded.views(i, tiles=True)
-            with torch.no_grad():
-                probs = torch.softmax(fitted.layer(torch.from_numpy(views)), dim=1).numpy()
-            sims = heads._similarities(views, fitted.references, fitted.reference_labels,
-                                       len(labels))
-            score = heads.image_score(probs, [sq], sims, fitted.floors)[0]
-            accepted[i] = score >= threshold
+            probs, sims = fitted.score(embedded.views(i, tiles=True))
+            accepted[i] = heads.image_score(probs, [sq], sims, fitted.floors)[0] >= threshold
 
     def names(mask):
         return ", ".join(Path(paths[i]).stem for i in np.flatnonzero(mask)) or "none"

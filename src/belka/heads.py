@@ -488,6 +488,13 @@ class _Fitted:
     reference_labels: np.ndarray     # R
     floors: np.ndarray               # K
 
+    def score(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities V x K, similarities to each class's references V x K) for V views."""
+        with torch.no_grad():
+            probs = torch.softmax(self.layer(torch.from_numpy(views)), dim=1).numpy()
+        n_classes = probs.shape[1]
+        return probs, _similarities(views, self.references, self.reference_labels, n_classes)
+
 
 def _fit(backbone: nn.Linear, prior_mask: torch.Tensor, embedded: Embedded, y: np.ndarray,
          groups: np.ndarray, rows: np.ndarray, labels: Sequence[str], options: TrainOptions,
@@ -596,11 +603,7 @@ def cross_validate(model: Model, embedded: Embedded, y: np.ndarray, groups: np.n
         for k, (train_rows, test_rows) in enumerate(splits):
             fitted = _fit(backbone, prior_mask, embedded, y, groups, train_rows, labels, options)
             for i in test_rows:
-                v = embedded.views(i, tiles=True)
-                with torch.no_grad():
-                    p = torch.softmax(fitted.layer(torch.from_numpy(v)), dim=1).numpy()
-                probs[i] = p
-                sims[i] = _similarities(v, fitted.references, fitted.reference_labels, len(labels))
+                probs[i], sims[i] = fitted.score(embedded.views(i, tiles=True))
                 floors[i] = fitted.floors
                 fold_of[i] = k
             bar.update(1)
