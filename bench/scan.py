@@ -82,15 +82,15 @@ def end_to_end_rows(model, onnx_engine, files: Sequence[Path], *, quick: bool = 
     contenders = {
         "naive (full decode + eager, 1 by 1)": lambda: naive(model, naive_files),
         "belka scan (belka classify's path)": belka_scan,
-        "belka pipeline onnx (draft)": run(onnx_engine),
+        "belka pipeline onnx (draft)": run(onnx_engine, draft=True),
     }
     if not quick:
         no_spin = OnnxEngine(model, spin=False)
         contenders.update({
             "belka pipeline onnx, no draft": run(onnx_engine, draft=False),
-            "belka pipeline onnx, ORT spin off": run(no_spin),
-            "belka pipeline onnx, 1 decode worker": run(onnx_engine, workers=1),
-            "belka pipeline torch (draft)": run(TorchEngine(model), torch_files),
+            "belka pipeline onnx, ORT spin off": run(no_spin, draft=True),
+            "belka pipeline onnx, 1 decode worker": run(onnx_engine, workers=1, draft=True),
+            "belka pipeline torch (draft)": run(TorchEngine(model), torch_files, draft=True),
         })
     counts = {name: len(files) for name in contenders}
     counts.update({"naive (full decode + eager, 1 by 1)": len(naive_files),

@@ -3,9 +3,14 @@
 A small thread pool decodes and resizes images (Pillow releases the GIL while it decodes and
 resamples) while the calling thread runs the engine on the previous batch (ONNX Runtime and
 PyTorch release it too). At most ``batch_size * (prefetch + 1)`` images are in flight, so memory
-stays flat whatever the number of files, and results come back in input order. Large JPEGs are
-decoded at a reduced scale (Pillow's draft mode, i.e. libjpeg's DCT scaling) that is still at
-least as large as the resize policy needs, which makes them several times cheaper to decode.
+stays flat whatever the number of files, and results come back in input order.
+
+Every pixel is decoded by default, exactly as ``belka check``, the Python API, the server and the
+browser (``belka export web``) decode it, so one file gives one answer everywhere.
+``draft=True`` is the explicit fast path: large JPEGs are decoded at a reduced scale (Pillow's
+draft mode, i.e. libjpeg's DCT scaling) that is still at least as large as the resize policy
+needs, several times cheaper to decode but not the same pixels; its measured agreement with the
+full decode is in docs/engine.md ("Fast decoding").
 """
 
 from __future__ import annotations
@@ -57,13 +62,14 @@ def load_resized(path: StrPath, preprocessing: Preprocessing, policy: str | None
 
 def iter_predictions(model_or_engine: Model | Engine, paths: Iterable[StrPath], *,
                      batch_size: int = 32, workers: int = 2, resize: str | None = None,
-                     draft: bool = True, prefetch: int = 2) -> Iterator[Result]:
+                     draft: bool = False, prefetch: int = 2) -> Iterator[Result]:
     """Probabilities for every file in ``paths``, in input order, one :class:`Result` each.
 
     ``paths`` may be a lazy iterable (millions of files): it is consumed as the pipeline goes.
     A file that cannot be read yields a result with ``error`` set instead of raising.
-    ``draft=False`` decodes every pixel (bit-for-bit the serial path's input). A model without
-    A :class:`~belka.Model` runs on its own engine (``model.engine``) and gives its own classes
+    Every pixel is decoded (bit-for-bit the serial path's input, and the same numbers as every
+    other interface); ``draft=True`` opts into the faster reduced-scale JPEG decode, whose
+    answers may differ (see the module docstring). A :class:`~belka.Model` runs on its own engine (``model.engine``) and gives its own classes
     (a head model's, when a head is attached).
     """
     if batch_size < 1 or workers < 1 or prefetch < 0:

@@ -36,13 +36,14 @@ def expand(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str | None
 
 def scan(model: Model, paths: Sequence[str | os.PathLike], *, batch_size: int = 32,
          resize: str | None = None, progress: bool | None = None, workers: int | None = None,
-         draft: bool = True) -> Iterator[ScanItem]:
+         draft: bool = False) -> Iterator[ScanItem]:
     """Classify every image under ``paths`` in input order, yielding one :class:`ScanItem` each.
 
     Runs :func:`belka.pipeline.iter_predictions` on the model's engine: files are decoded in
-    ``workers`` threads (default: the physical cores) while the previous batch runs, large JPEGs
-    at a reduced scale (``draft=False`` decodes every pixel), memory bounded for any number of
-    files. ``progress=None`` shows a bar on a terminal when there are more than a few files.
+    ``workers`` threads (default: the physical cores) while the previous batch runs, memory
+    bounded for any number of files. Every pixel is decoded, as in every other interface;
+    ``draft=True`` decodes large JPEGs at a reduced scale (faster, not always the same answer;
+    see :mod:`belka.pipeline`). ``progress=None`` shows a bar on a terminal when there are more than a few files.
     """
     from .engine import physical_cores
     from .pipeline import iter_predictions

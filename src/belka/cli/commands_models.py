@@ -84,9 +84,14 @@ def _emit(as_json: bool, record: dict, text: str) -> None:
 @click.option("--tiles/--no-tiles", default=False, show_default=True,
               help="also look at overlapping tiles at higher resolution; each class is scored "
                    "by its best view (probabilities then no longer sum to 1)")
+@click.option("--fast-decode", is_flag=True,
+              help="decode large JPEGs at a reduced scale (JPEG draft mode): faster scans, but "
+                   "not the pixels every other interface sees, so a few answers change (measured "
+                   "in docs/engine.md); off by default")
 @head_option
 @model_options
-def classify(paths, top, as_json, batch_size, tiles, head, model_name, weights, resize):
+def classify(paths, top, as_json, batch_size, tiles, fast_decode, head, model_name, weights,
+             resize):
     """Name what is in each image: the top ImageNet classes (or a head's classes) with their
     probabilities.
 
@@ -104,7 +109,7 @@ def classify(paths, top, as_json, batch_size, tiles, head, model_name, weights, 
     model = load_model(model_name, weights, head)
     failed = 0
     items = _tiled_items(model, paths, resize) if tiles else scan(
-        model, paths, batch_size=batch_size, resize=resize)
+        model, paths, batch_size=batch_size, resize=resize, draft=fast_decode)
     for item in items:
         if item.error is not None:
             failed += 1
@@ -234,10 +239,12 @@ def demo(out_dir):
 
     import belka
     from .. import images
+    from ..files import write_atomic
     from ..gate import Gate
 
     photo = resources.files("belka").joinpath("data/chelsea.jpg")
-    image = images.decode(photo.read_bytes(), name="chelsea.jpg")
+    photo_bytes = photo.read_bytes()
+    image = images.decode(photo_bytes, name="chelsea.jpg")
     started = time.perf_counter()
     model = belka.load()
     loaded = time.perf_counter()
@@ -247,7 +254,9 @@ def demo(out_dir):
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    images.save(image, out / "photo.jpg")
+    # The photo's own bytes, not a re-encoding: `belka classify belka-demo/photo.jpg` must say
+    # what the demo said.
+    write_atomic(out / "photo.jpg", photo_bytes)
     rows = "\n".join(f"| {i} | {p.label} | {p.index} | {p.probability:.4f} |"
                      for i, p in enumerate(predictions, 1))
     report = (f"# belka demo\n\n![photo](photo.jpg)\n\nModel: {model!r}\n\n"
