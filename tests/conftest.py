@@ -40,4 +40,8 @@ def _isolated_cache(tmp_path_factory):
     module-scoped fixture builds a model or an engine."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BELKA_CACHE", str(tmp_path_factory.getbasetemp() / "belka-cache"))
+        # FastAPI's test client calls itself "testserver"; the server answers only to the
+        # names it is told (loopback ones by default), so the tests name it.
+        mp.setenv("BELKA_ALLOWED_HOSTS", "testserver")
+        mp.delenv("BELKA_TOKEN", raising=False)
         yield

@@ -493,7 +493,7 @@ def test_decompression_bomb_is_refused_from_the_header(tmp_path, monkeypatch):
     message = str(caught.value)
     assert "image is 100000x100000 = 10000.0 megapixels" in message
     assert "over the 50.0-megapixel limit" in message
-    assert "raise it with --max-pixels or BELKA_MAX_PIXELS" in message
+    assert "raise the limit with BELKA_MAX_PIXELS (belka serve: --max-pixels)" in message
 
 
 def test_limit_is_belkas_not_pillows(monkeypatch):

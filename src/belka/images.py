@@ -133,6 +133,14 @@ def decode(
         return _decode_image(_identify(stream, label), limit, label, draft=draft)
 
 
+def dimensions(source: StrPath | bytes, *, name: str | None = None) -> tuple[int, int]:
+    """(width, height) as stored, from the header alone (no pixels are decoded); raises
+    :class:`ImageError` as :func:`decode` would for a file that is not an image."""
+    label, stream = _open_source(source, name)
+    with stream:
+        return _identify(stream, label).size
+
+
 def from_pil(image: Image.Image, *, name: str | None = None) -> np.ndarray:
     """Convert a PIL image of any supported mode to a writable H x W x 3 ``uint8`` RGB array.
 
@@ -294,7 +302,8 @@ def _decode_image(
     if width * height > limit:
         raise ImageTooLargeError(
             f"image is {width}x{height} = {_megapixels(width * height)} megapixels, over the "
-            f"{_megapixels(limit)}-megapixel limit; raise it with --max-pixels or {MAX_PIXELS_ENV}",
+            f"{_megapixels(limit)}-megapixel limit; raise the limit with {MAX_PIXELS_ENV} "
+            "(belka serve: --max-pixels)",
             path=label,
         )
     try:

@@ -2,27 +2,57 @@
 
 from __future__ import annotations
 
+import re
+from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from ..errors import UsageError
 from .app import error_response, run_blocking
+from .guard import FILE_CSP
 from .service import Service, validate_top
 
-router = APIRouter()
+MAX_ID = 2**63 - 1  # SQLite's integers; larger ids cannot exist
+NAME = 200          # longest class list, class, layer or method name a request may send
 ImageFile = Annotated[UploadFile, File(description="the image (JPEG, PNG, WebP, GIF, BMP, TIFF)")]
+UploadId = Annotated[int, Path(ge=1, le=MAX_ID)]
+_DIGITS = re.compile(r"-?[0-9]{1,9}")
+MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
+        "bmp": "image/bmp", "tif": "image/tiff"}
+
+
+async def one_file(request: Request) -> None:
+    """Refuse a form with more than one ``file`` part (which one would be checked?)."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        if len(form.getlist("file")) > 1:
+            raise UsageError("send one image per request, in the field 'file' (this request has "
+                             f"{len(form.getlist('file'))}); POST /explain with `files` takes many")
+
+
+router = APIRouter(dependencies=[Depends(one_file)])
 
 
 def service(request: Request) -> Service:
     return request.app.state.service
 
 
-async def read_image(request: Request, file: UploadFile):
-    """The upload's bytes and decoded pixels (ImageError -> 415/422 via the app's handler)."""
-    data = await file.read()
-    image = await run_blocking(request, service(request).decode, data, file.filename or "upload")
-    return data, image
+@asynccontextmanager
+async def decoded(request: Request, data: bytes, name: str):
+    """The decoded pixels of an upload, with their memory reserved in the service's budget
+    until the block ends (a request past the budget waits, then gets 503)."""
+    s = service(request)
+    async with s.memory.reserve(s.cost(data, name)):
+        yield await run_blocking(request, s.decode, data, name)
+
+
+def integer_or_name(value: str | None) -> int | str | None:
+    """A class or layer given as digits (ASCII only: '²' is no number) or as a name."""
+    if not value:
+        return None
+    return int(value) if _DIGITS.fullmatch(value) else value
 
 
 @router.get("/health")
@@ -37,40 +67,54 @@ async def health(request: Request):
 @router.post("/classify")
 async def classify(request: Request, file: ImageFile, top: Annotated[int, Query(ge=1, le=1000)] = 5):
     """Top-k ImageNet labels for an image."""
-    _, image = await read_image(request, file)
-    predictions = await run_blocking(request, service(request).classify, image, validate_top(top))
+    data = await file.read()
+    async with decoded(request, data, file.filename or "upload") as image:
+        predictions = await run_blocking(request, service(request).classify, image,
+                                         validate_top(top))
     return {"filename": file.filename, "predictions": predictions}
 
 
 @router.post("/check")
-async def check(request: Request, file: ImageFile, allow: str | None = Query(None),
+async def check(request: Request, file: ImageFile,
+                allow: Annotated[str | None, Query(max_length=NAME)] = None,
                 threshold: Annotated[float | None, Query(ge=0, le=1)] = None,
                 heatmap: bool = True):
     """The gate's verdict (accept / warn), the allowed-class score, the top-5, and a heat map
     of the class that decided."""
     s = service(request)
-    _, image = await read_image(request, file)
+    data = await file.read()
     gate = s.gate_for(allow, threshold)
-    return await run_blocking(request, s.check, image, gate, heatmap)
+    async with decoded(request, data, file.filename or "upload") as image:
+        return await run_blocking(request, s.check, image, gate, heatmap)
 
 
 @router.post("/explain")
 async def explain(request: Request, file: ImageFile,
-                  method: str = Form("gradcam"), layer: str | None = Form(None),
-                  target: str | None = Form(None, alias="class"),
+                  method: Annotated[str, Form(max_length=NAME)] = "gradcam",
+                  layer: Annotated[str | None, Form(max_length=NAME)] = None,
+                  target: Annotated[str | None, Form(alias="class", max_length=NAME)] = None,
                   background: bool = Form(False)):
     """A heat map of where the model looked. Slow methods (Score-CAM, occlusion) may run as a
-    background job with ``background=true``: the answer is 202 with the job to poll."""
+    background job with ``background=true``: the answer is 202 with the job to poll. A queued
+    job keeps the file's bytes, not its pixels; it decodes when it starts."""
     s = service(request)
-    _, image = await read_image(request, file)
-    target_value = int(target) if target and target.isdigit() else (target or None)
-    layer_value = int(layer) if layer and layer.lstrip("-").isdigit() else (layer or None)
+    data = await file.read()
+    name = file.filename or "upload"
+    options = dict(method=method, layer=integer_or_name(layer), target=integer_or_name(target))
     if background:
-        job = s.jobs.submit("explain", lambda job: s.explain(
-            image, method=method, layer=layer_value, target=target_value, job=job))
-        return JSONResponse(job.to_dict(), status_code=202)
-    return await run_blocking(request, s.explain, image, method=method, layer=layer_value,
-                              target=target_value)
+        async with decoded(request, data, name):  # refuse a bad file now, not in the job
+            pass
+
+        def work(job):
+            s.memory.acquire(s.cost(data, name))
+            try:
+                return s.explain(s.decode(data, name), job=job, **options)
+            finally:
+                s.memory.release(s.cost(data, name))
+
+        return JSONResponse(s.jobs.submit("explain", work).to_dict(), status_code=202)
+    async with decoded(request, data, name) as image:
+        return await run_blocking(request, s.explain, image, **options)
 
 
 def job_answer(job, job_id: str):
@@ -78,6 +122,15 @@ def job_answer(job, job_id: str):
     if job is None:
         return error_response(404, f"no job {job_id}", "not_found")
     return job.to_dict()
+
+
+@router.get("/jobs")
+async def list_jobs(request: Request, active: bool = False):
+    """Background jobs the server knows now, oldest first: every queued or running one, and
+    the most recent ended ones (``active=true``: only queued and running)."""
+    jobs = service(request).jobs
+    items = [j.to_dict() for j in jobs.list(active_only=active)]
+    return {"items": items, "limit": jobs.max_pending, "workers": jobs.workers}
 
 
 @router.get("/jobs/{job_id}")
@@ -113,18 +166,20 @@ async def create_upload(request: Request, file: ImageFile, confirm: bool = False
     """Store an image with its verdict. A warned image is stored only with ``confirm=true``
     (otherwise 409 with the verdict, so the page can ask "upload anyway?")."""
     s = service(request)
-    data, image = await read_image(request, file)
-    result = await run_blocking(request, s.check, image, s.gate, False)
-    if result["verdict"] != "accept" and not confirm:
-        return JSONResponse({"detail": result["message"], "error": "not_allowed",
-                             "stored": False, **result}, status_code=409)
-    record, created = await run_blocking(request, s.store, data, image, file.filename, result)
+    data = await file.read()
+    async with decoded(request, data, file.filename or "upload") as image:
+        result = await run_blocking(request, s.check, image, s.gate, False)
+        if result["verdict"] != "accept" and not confirm:
+            return JSONResponse({"detail": result["message"], "error": "not_allowed",
+                                 "stored": False, **result}, status_code=409)
+        record, created = await run_blocking(request, s.store, data, image, file.filename,
+                                             result)
     body = record.to_dict() | {"stored": True, "duplicate": not created}
     return JSONResponse(body, status_code=201 if created else 200)
 
 
 @router.get("/uploads")
-async def list_uploads(request: Request, offset: Annotated[int, Query(ge=0)] = 0,
+async def list_uploads(request: Request, offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
                        limit: Annotated[int, Query(ge=1, le=100)] = 20,
                        verdict: str | None = Query(None, pattern="^(accept|warn)$")):
     """Stored uploads, newest first."""
@@ -135,7 +190,7 @@ async def list_uploads(request: Request, offset: Annotated[int, Query(ge=0)] = 0
 
 
 @router.get("/uploads/{upload_id}")
-async def get_upload(request: Request, upload_id: int):
+async def get_upload(request: Request, upload_id: UploadId):
     record = service(request).storage.get(upload_id)
     if record is None:
         return error_response(404, f"no upload {upload_id}", "not_found")
@@ -143,19 +198,28 @@ async def get_upload(request: Request, upload_id: int):
 
 
 @router.get("/uploads/{upload_id}/image")
-async def get_upload_image(request: Request, upload_id: int, thumbnail: bool = False):
+async def get_upload_image(request: Request, upload_id: UploadId, thumbnail: bool = False):
+    """The stored file as it was uploaded (or a 256 px JPEG thumbnail). Served as an image
+    that can never run as a page: its own image type, ``nosniff``, a sandboxing CSP and a
+    Content-Disposition with a safe name."""
     s = service(request)
     record = s.storage.get(upload_id)
     path = s.storage.path_for(record.sha256, record.ext) if record else None
     if record is None or not path.exists():
         return error_response(404, f"no image for upload {upload_id}", "not_found")
+    headers = {"Content-Security-Policy": FILE_CSP}
     if thumbnail:
-        return Response(await run_blocking(request, s.thumbnail, path), media_type="image/jpeg")
-    return FileResponse(path)
+        async with s.memory.reserve(s.cost(str(path), path.name)):
+            data = await run_blocking(request, s.thumbnail, path)
+        return Response(data, media_type="image/jpeg", headers=headers | {
+            "Content-Disposition": f'inline; filename="upload-{upload_id}-thumbnail.jpg"'})
+    return FileResponse(path, media_type=MIME.get(record.ext, "application/octet-stream"),
+                        headers=headers | {"Content-Disposition":
+                                           f'inline; filename="upload-{upload_id}.{record.ext}"'})
 
 
 @router.delete("/uploads/{upload_id}", status_code=204)
-async def delete_upload(request: Request, upload_id: int):
-    if not service(request).storage.delete(upload_id):
+async def delete_upload(request: Request, upload_id: UploadId):
+    if not await run_blocking(request, service(request).delete, upload_id):
         return error_response(404, f"no upload {upload_id}", "not_found")
     return Response(status_code=204)

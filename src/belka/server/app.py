@@ -1,5 +1,5 @@
-"""The FastAPI app factory: the HTTP API under /api/v1, the pages, error mapping and the upload
-size limit. ``belka serve`` runs :func:`create_app` under uvicorn."""
+"""The FastAPI app factory: the HTTP API under /api/v1, the pages, error mapping, and the
+guards at the door (:mod:`.guard`). ``belka serve`` runs :func:`create_app` under uvicorn."""
 
 from __future__ import annotations
 
@@ -19,22 +19,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (BelkaError, CorruptImageError, ImageError, ImageTooLargeError, ModelError,
                       NotAnImageError, UsageError)
+from .guard import BodyGuard, BodyTimeout, BodyTooLarge, Door, Refused
 from .service import ServerConfig, Service, return_big_buffers_to_the_os
 
 log = logging.getLogger("belka.server")
 DOCS_STATIC_URL = "/static-offline-docs"  # the API docs' own scripts and styles
 
 
-class BodyTooLarge(StarletteHTTPException):
-    """The request body went past the configured limit. An HTTP exception, so the framework's
-    body parsing passes it through unchanged and it is answered as a 413."""
-
-    def __init__(self, limit: int):
-        super().__init__(413, f"upload too large: the limit is {limit / 2**20:g} MB")
-
-
-def error_response(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"detail": message, "error": kind}, status_code=status)
+def error_response(status: int, message: str, kind: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message, "error": kind}, status_code=status, headers=headers)
 
 
 def status_for(err: BelkaError) -> tuple[int, str]:
@@ -48,44 +42,6 @@ def status_for(err: BelkaError) -> tuple[int, str]:
     if isinstance(err, (ModelError, UsageError)):
         return 400, "bad_request"
     return 400, "bad_request"
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a body over ``limit`` bytes, whether or not Content-Length says
-    so up front (chunked bodies are counted as they arrive)."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        message = BodyTooLarge(self.limit).detail
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await error_response(413, message, "payload_too_large")(scope, receive, send)
-        seen = 0
-        started = False
-
-        async def counting_receive():
-            nonlocal seen
-            event = await receive()
-            if event["type"] == "http.request":
-                seen += len(event.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge(self.limit)
-            return event
-
-        async def tracking_send(event):
-            nonlocal started
-            started = started or event["type"] == "http.response.start"
-            await send(event)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await error_response(413, message, "payload_too_large")(scope, receive, send)
 
 
 def create_app(config: ServerConfig | None = None, *, model=None) -> FastAPI:
@@ -132,8 +88,26 @@ def create_app(config: ServerConfig | None = None, *, model=None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException):
-        kind = "payload_too_large" if isinstance(err, BodyTooLarge) else "http_error"
-        return error_response(err.status_code, str(err.detail), kind)
+        kind = ("payload_too_large" if isinstance(err, BodyTooLarge) else
+                "request_timeout" if isinstance(err, BodyTimeout) else
+                "not_found" if err.status_code == 404 else
+                "method_not_allowed" if err.status_code == 405 else "http_error")
+        return error_response(err.status_code, str(err.detail), kind,
+                              getattr(err, "headers", None))
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, err: Refused):
+        return err.response()
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, err: RecursionError):
+        return error_response(400, "a parameter is nested too deeply to read", "bad_request")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal error: the server failed on this request (its log "
+                                   "has the details)", "internal_error")
 
     from . import api, lab, pages
 
@@ -143,8 +117,44 @@ def create_app(config: ServerConfig | None = None, *, model=None) -> FastAPI:
     app.include_router(lab.pages)
     app.mount("/static", StaticFiles(directory=str(resources.files("belka.server") / "static")),
               name="static")
-    app.add_middleware(BodyLimit, limit=config.max_upload_bytes)
+    app.add_middleware(BodyGuard, limit=config.max_upload_bytes, idle_s=config.body_idle_s,
+                       total_s=config.body_total_s)
+    app.add_middleware(Door, allowed_hosts=config.allowed_hosts, token=config.token)
+    app.openapi = partial(_openapi_with_errors, app)
     return app
+
+
+ERROR_SCHEMA = {
+    "title": "Error", "type": "object", "required": ["detail", "error"],
+    "properties": {"detail": {"type": "string", "description": "what went wrong, for people"},
+                   "error": {"type": "string", "description": "the kind, for programs"}}}
+
+
+def _openapi_with_errors(app: FastAPI) -> dict:
+    """FastAPI's schema, with every error answer described as it really is: ``{"detail",
+    "error"}`` (FastAPI documents its own validation-error shape, which belka replaces)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                         routes=app.routes)
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = ERROR_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    error_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = {"description": "invalid request", "content": error_ref}
+            responses.setdefault("4XX", {"description": "refused (see `error`)",
+                                         "content": error_ref})
+            responses.setdefault("5XX", {"description": "busy, storage full or unavailable",
+                                         "content": error_ref})
+    app.openapi_schema = schema
+    return schema
 
 
 async def run_blocking(request: Request, fn: Callable[..., Any], *args, **kwargs) -> Any:

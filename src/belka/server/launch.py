@@ -145,7 +145,7 @@ def start(data_dir: Path | str, *args: str, log: Path | str | None = None,
         server.kill()
         this_run = log.read_bytes()[log_start:].decode(errors="replace")
         if (exited and port is None and attempt < tries
-                and "address already in use" in this_run.lower()):
+                and "already in use" in this_run.lower()):
             continue  # lost the race for the port: pick another
         why = (f"exited with status {proc.returncode}" if exited
                else f"did not answer {HEALTH} within {wait_s:g} s")

@@ -26,10 +26,22 @@ from PIL import Image
 from .. import images
 from ..errors import UsageError
 from ..gate import Gate
+from .guard import MemoryBudget, Refused
 from .jobs import JobManager
-from .storage import Storage
+from .storage import Storage, StorageError
 
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+
+
+# What a decoded image costs while a request works on it, per pixel: Pillow's copy (4 bytes a
+# pixel for RGB), the RGB array (3) and the resized copies the model and tiles are cut from.
+# Measured: decoding a 49-megapixel PNG raised the peak by 437 MB, about 9 bytes a pixel.
+BYTES_PER_PIXEL = 12
+DISPLAY_SIDE = 1024  # heat maps and overlays are drawn at most this large: pictures to look at
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in os.environ.get(name, "").split(",") if v.strip())
 
 
 @dataclass
@@ -44,6 +56,16 @@ class ServerConfig:
     max_upload_bytes: int = 20 * 1024 * 1024
     workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     explain_method: str = "gradcam"
+    max_pixels: int | None = None          # the decoder's limit (None: BELKA_MAX_PIXELS or 50 MP)
+    memory_bytes: int = 512 * 2**20        # decoded pixels in flight, all requests and jobs
+    memory_wait_s: float = 30.0            # how long a request waits for that room, then 503
+    job_workers: int = 1                   # threads for background jobs, apart from `workers`
+    max_jobs: int = 32                     # jobs queued or running at once; past it 429
+    # Host names besides the loopback ones ("*": any); BELKA_ALLOWED_HOSTS adds to them.
+    allowed_hosts: tuple[str, ...] = field(default_factory=lambda: _env_list("BELKA_ALLOWED_HOSTS"))
+    token: str | None = field(default_factory=lambda: os.environ.get("BELKA_TOKEN") or None)
+    body_idle_s: float = 15.0              # a request body may pause this long between chunks
+    body_total_s: float = 120.0            # and take this long in all
 
 
 class HeatmapCache:
@@ -150,17 +172,30 @@ class Service:
         self.storage = Storage(config.data_dir)
         self.recovery = self.storage.recover()
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="belka-infer")
-        self.jobs = JobManager(self.executor)
+        self.jobs = JobManager(workers=config.job_workers, max_pending=config.max_jobs)
+        self.memory = MemoryBudget(config.memory_bytes, wait_s=config.memory_wait_s)
         self.pngs = HeatmapCache()
         self.explain_models = ModelViews(self.model)
 
     def close(self) -> None:
+        self.jobs.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.storage.close()
 
     # -- model work (blocking) -----------------------------------------------------------
     def decode(self, data: bytes, name: str) -> np.ndarray:
-        return images.decode(data, name=name)
+        return images.decode(data, name=name, max_pixels=self.config.max_pixels)
+
+    def cost(self, data: bytes, name: str) -> int:
+        """Bytes that decoding and working on this image will hold, from its header alone (the
+        header's pixel count, capped at the pixel limit; 0 when it is not an image, which the
+        decoder will say)."""
+        limit = self.config.max_pixels or images._resolve_max_pixels(None)
+        try:
+            width, height = images.dimensions(data, name=name)
+        except Exception:  # not an image, or no header: decode() gives the real message
+            return 0
+        return min(width * height, limit) * BYTES_PER_PIXEL
 
     def gate_for(self, allow: str | None, threshold: float | None) -> Gate:
         if allow is None and threshold is None:
@@ -188,31 +223,69 @@ class Service:
 
     def explain(self, image: np.ndarray, *, method: str = "gradcam", layer: str | None = None,
                 target: str | int | None = None, job=None) -> dict:
+        """A heat map and overlay of ``image``. The model sees the photo as every other path
+        does (the same input tensor, so the same numbers); the pictures are drawn on a copy at
+        most DISPLAY_SIDE px on its longer side, so a huge photo costs no more than a big one."""
         from ..explain import explain
+        from ..explain.base import geometry, heatmap_on_image
+        from ..explain.render import overlay as draw_overlay
 
+        prep = self.model.preprocessing
+        x = prep([image])
         # A job's progress(done, total) callback also stops the work when it is cancelled.
         # Never on the shared model: its hooks would catch other threads' forward passes.
         with self.explain_models.borrow() as model:
-            exp = explain(model, image, target=target, method=method, layer=layer,
+            exp = explain(model, x[0], target=target, method=method, layer=layer,
                           progress=job.progress if job is not None else False)
-        overlay = exp.overlay(image).convert("RGB")
-        heat = Image.fromarray((np.clip(exp.heatmap, 0, 1) * 255).astype(np.uint8))  # grey, "L"
+        shown = display_copy(image)
+        geo = geometry(image.shape[0], image.shape[1], prep.size, prep.policy, prep.crop_fraction)
+        sy, sx = image.shape[0] / shown.shape[0], image.shape[1] / shown.shape[1]
+        geo = type(geo)(shown.shape[0], shown.shape[1], geo.size, geo.scale_y * sy,
+                        geo.scale_x * sx, geo.offset_y, geo.offset_x)
+        heatmap = heatmap_on_image(exp.raw, geo)
+        overlay = draw_overlay(shown, heatmap).convert("RGB")
+        heat = Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype(np.uint8))  # grey, "L"
         return {"method": exp.method, "layer": exp.layer, "classes": list(exp.indices),
                 "label": exp.label, "probability": exp.probability, "score": exp.score,
                 "overlay_url": f"/api/v1/png/{self.pngs.put(png(overlay))}",
                 "heatmap_url": f"/api/v1/png/{self.pngs.put(png(heat))}"}
 
     def store(self, data: bytes, image: np.ndarray, filename: str, result: dict):
-        return self.storage.add(
-            data, ext=sniff_format(data), filename=filename or "upload",
-            width=int(image.shape[1]), height=int(image.shape[0]), verdict=result["verdict"],
-            score=float(result["score"]), allowed=result["allowed"],
-            predictions=result["predictions"])
+        try:
+            return self.storage.add(
+                data, ext=sniff_format(data), filename=filename or "upload",
+                width=int(image.shape[1]), height=int(image.shape[0]), verdict=result["verdict"],
+                score=float(result["score"]), allowed=result["allowed"],
+                predictions=result["predictions"])
+        except StorageError as err:
+            raise refused_for(err) from None
+
+    def delete(self, upload_id: int) -> bool:
+        try:
+            return self.storage.delete(upload_id)
+        except StorageError as err:
+            raise refused_for(err) from None
 
     def thumbnail(self, path: Path, size: int = 256) -> bytes:
-        image = Image.fromarray(images.decode(path))
-        image.thumbnail((size, size))
+        image = Image.fromarray(display_copy(images.decode(path, max_pixels=self.config.max_pixels),
+                                             size))
         return images.encode(np.asarray(image), format="JPEG", quality=85)
+
+
+def refused_for(err: StorageError) -> Refused:
+    if err.full:
+        return Refused(err.message, status=507, kind="insufficient_storage")
+    return Refused(err.message, status=503, kind="storage_unavailable", retry_after=30)
+
+
+def display_copy(image: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
+    """The image itself when it fits in side x side, else a copy scaled down to fit."""
+    h, w = image.shape[:2]
+    if max(h, w) <= side:
+        return image
+    pil = Image.fromarray(image)
+    pil.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return np.asarray(pil)
 
 
 def validate_top(top: int) -> int:

@@ -3,14 +3,20 @@
 The order of a write is what makes it crash-safe: the image goes to a temporary name, is
 fsynced and renamed into place (and the folder fsynced), and only then is its row committed.
 A crash before the commit leaves at most a file with no row, which :meth:`Storage.recover`
-removes on the next start; it never leaves a row whose file is half-written. Files are named by
+removes on the next start; it never leaves a row whose file is half-written. A delete goes the
+other way: the row first, the file after the commit, so a failure in between (a read-only
+folder) leaves a file with no row, again for recovery. A row that cannot be written (disk
+full) takes its new file away with it. I/O failures surface as :class:`StorageError` (disk full
+or not), which the server answers as 507 or 503. Files are named by
 the SHA-256 of their content (which also de-duplicates), never by anything a client sent.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -38,6 +44,47 @@ CREATE TABLE IF NOT EXISTS uploads (
 );
 """
 TMP_SUFFIX = ".tmp"
+log = logging.getLogger("belka.server")
+
+
+class StorageError(Exception):
+    """Storage could not do what was asked; ``full`` when the disk (or quota) is full."""
+
+    def __init__(self, message: str, *, full: bool):
+        super().__init__(message)
+        self.message, self.full = message, full
+
+
+def storage_error(err: Exception, doing: str) -> StorageError:
+    """A StorageError that says what failed and whether it is a full disk."""
+    full = (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(err, sqlite3.Error)
+        and getattr(err, "sqlite_errorcode", None) == getattr(sqlite3, "SQLITE_FULL", 13))
+    if full:
+        return StorageError(f"the disk is full: could not {doing}; free some space on the "
+                            "server's --data folder and try again", full=True)
+    return StorageError(f"storage is unavailable: could not {doing} ({err}); check that the "
+                        "server's --data folder is writable", full=False)
+
+
+def check_writable(root: str | os.PathLike) -> None:
+    """Raise StorageError (with the reason) unless ``root`` can hold the database and files:
+    for ``belka serve`` to say so before it starts serving."""
+    root = Path(root)
+    try:
+        (root / "files").mkdir(parents=True, exist_ok=True)
+        probe = write_atomic(root / "files" / ".belka-write-probe", b"ok")
+        probe.unlink()
+        db = sqlite3.connect(root / "belka.db")
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS _probe (x)")
+            db.execute("DROP TABLE _probe")
+            db.commit()
+        finally:
+            db.close()
+    except (OSError, sqlite3.Error) as err:
+        raise StorageError(f"cannot write to the data folder {str(root)!r} ({err}); choose a "
+                           "writable folder with --data", full=False) from None
 
 
 @dataclass
@@ -112,14 +159,22 @@ class Storage:
             existing = self._by_sha(sha)
             if existing is not None and self.path_for(existing.sha256, existing.ext).exists():
                 return existing, False
-            self._write_file(data, self.path_for(sha, ext))
+            path = self.path_for(sha, ext)
+            try:
+                self._write_file(data, path)
+            except OSError as err:
+                raise storage_error(err, "store the image") from None
             if existing is not None:  # the row survived but its file had gone: restored
                 return existing, False
-            cur = self._db.execute(
-                "INSERT INTO uploads (sha256, ext, filename, size, width, height, verdict, score,"
-                " allowed, predictions, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (sha, ext, filename[:200], len(data), width, height, verdict, score, allowed,
-                 json.dumps(predictions), time.time()))
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO uploads (sha256, ext, filename, size, width, height, verdict,"
+                    " score, allowed, predictions, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (sha, ext, filename[:200], len(data), width, height, verdict, score, allowed,
+                     json.dumps(predictions), time.time()))
+            except sqlite3.Error as err:  # no row, so no file either
+                path.unlink(missing_ok=True)
+                raise storage_error(err, "record the upload") from None
             return self._get(cur.lastrowid), True
 
     def _row(self, row: sqlite3.Row | None) -> Upload | None:
@@ -170,13 +225,24 @@ class Storage:
             return self._list(offset, limit, verdict), self._count(verdict)
 
     def delete(self, upload_id: int) -> bool:
-        """Remove a record, then its file. Returns False when there was no such record."""
+        """Remove a record, then its file. Returns False when there was no such record.
+
+        The row goes first (committed), then the file; a file that cannot be removed now (a
+        read-only folder) is logged and left for :meth:`recover`, which removes files with no
+        row on the next start: the upload is gone either way."""
         with self._lock:
             record = self._get(upload_id)
             if record is None:
                 return False
-            self._db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
-            self.path_for(record.sha256, record.ext).unlink(missing_ok=True)
+            try:
+                self._db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+            except sqlite3.Error as err:
+                raise storage_error(err, "delete the upload") from None
+            try:
+                self.path_for(record.sha256, record.ext).unlink(missing_ok=True)
+            except OSError as err:
+                log.warning("upload %d deleted; its file stays until the next start (%s)",
+                            upload_id, err)
             return True
 
     # -- start-up ------------------------------------------------------------------------
@@ -189,13 +255,18 @@ class Storage:
             for path in self.files.rglob("*"):
                 if not path.is_file():
                     continue
-                if path.name.endswith(TMP_SUFFIX):
-                    path.unlink(missing_ok=True)
-                    report.temp_files_removed += 1
-                    continue
+                temp = path.name.endswith(TMP_SUFFIX)
                 stem, _, ext = path.name.partition(".")
-                if (stem, ext) not in known:
+                if not temp and (stem, ext) in known:
+                    continue
+                try:
                     path.unlink(missing_ok=True)
+                except OSError as err:  # a read-only folder: serve anyway, say so
+                    log.warning("could not remove %s (%s)", path, err)
+                    continue
+                if temp:
+                    report.temp_files_removed += 1
+                else:
                     report.orphan_files_removed += 1
             for row in self._db.execute("SELECT id, sha256, ext FROM uploads ORDER BY id").fetchall():
                 if not self.path_for(row["sha256"], row["ext"]).exists():

@@ -125,8 +125,28 @@ function galleryPage() {
       const del = document.createElement("button");
       del.type = "button";
       del.textContent = "Delete";
+      del.dataset.testid = "delete";
+      // Deleting takes two clicks: the first asks, the second (or "Keep") answers.
+      const keep = document.createElement("button");
+      keep.type = "button";
+      keep.textContent = "Keep";
+      keep.hidden = true;
+      keep.addEventListener("click", () => {
+        del.textContent = "Delete";
+        del.classList.remove("danger");
+        keep.hidden = true;
+        delete del.dataset.armed;
+      });
       del.addEventListener("click", async () => {
+        if (!del.dataset.armed) {
+          del.dataset.armed = "1";
+          del.textContent = "Delete for good";
+          del.classList.add("danger");
+          keep.hidden = false;
+          return;
+        }
         del.disabled = true;
+        keep.hidden = true;
         const result = await api(`/api/v1/uploads/${item.id}`, { method: "DELETE" });
         if (!result.ok && result.status !== 404) {
           del.disabled = false;
@@ -137,7 +157,7 @@ function galleryPage() {
         if (body.items.length === 1 && offset > 0) offset -= limit;
         load();
       });
-      card.append(img, caption, del);
+      card.append(img, caption, del, keep);
       grid.appendChild(card);
     }
     const pages = Math.max(1, Math.ceil(body.total / limit));
@@ -213,4 +233,4 @@ function explainPage() {
   }
 }
 
-({ upload: uploadPage, gallery: galleryPage, explain: explainPage })[window.belkaPage]?.();
+({ upload: uploadPage, gallery: galleryPage, explain: explainPage })[document.body.dataset.page]?.();
