@@ -389,7 +389,7 @@ def resize(
     source = to_pil(image)
     width, height = source.size
     if policy == "squash":
-        result = source.resize((size, size), Image.Resampling.BILINEAR)
+        result = resample(source, (size, size))
     elif policy == "crop":
         if not 0 < crop_fraction <= 1:
             raise UsageError(f"crop fraction must be in (0, 1], got {crop_fraction}")
@@ -401,21 +401,55 @@ def resize(
             scaled_size = (round(width * scale), short)
         left, top = _centre(scaled_size[0], size), _centre(scaled_size[1], size)
         if scaled_size[0] * scaled_size[1] <= _MAX_CROP_INTERMEDIATE * size * size:
-            scaled = source.resize(scaled_size, Image.Resampling.BILINEAR)
+            scaled = resample(source, scaled_size)
             result = scaled.crop((left, top, left + size, top + size))
         else:
             # A thin strip (say 1 x 50000) would scale to gigapixels: resample only the window
             # that becomes the crop. Pillow's box arithmetic differs by at most 1 level.
             x_step, y_step = width / scaled_size[0], height / scaled_size[1]
             window = (left * x_step, top * y_step, (left + size) * x_step, (top + size) * y_step)
-            result = source.resize((size, size), Image.Resampling.BILINEAR, box=window)
+            result = resample(source, (size, size), window)
     else:
         scale = size / max(width, height)
         scaled_size = (max(1, round(width * scale)), max(1, round(height * scale)))
         result = Image.new("RGB", (size, size), tuple(int(c) for c in fill))
         offset = (_centre(size, scaled_size[0]), _centre(size, scaled_size[1]))
-        result.paste(source.resize(scaled_size, Image.Resampling.BILINEAR), offset)
+        result.paste(resample(source, scaled_size), offset)
     return np.array(result)
+
+
+def resample(image: Image.Image, size: tuple[int, int],
+             box: tuple[float, float, float, float] | None = None) -> Image.Image:
+    """Pillow's bilinear (antialiased) ``image.resize(size, box=box)``, always horizontal pass
+    first, then vertical: the one resampling belka uses everywhere.
+
+    Pillow computes the same thing in one call, but which pass it runs first is its own choice
+    (Pillow 13 runs the vertical one first for some sizes) and the two orders round differently
+    (by one level here and there). Fixing the order keeps belka's numbers the same across
+    Pillow versions and lets other implementations (``belka.js`` in the browser) reproduce them
+    bit for bit: only the rows the vertical pass reads are resampled horizontally (Pillow's own
+    ``ybox`` range), each pass is a one-axis Pillow resize.
+    """
+    width, height = image.size
+    out_w, out_h = size
+    x0, y0, x1, y1 = box if box is not None else (0, 0, width, height)
+    first, last = _rows_read(height, y0, y1, out_h)
+    strip = image if (first, last) == (0, height) else image.crop((0, first, width, last))
+    rows = last - first
+    wide = strip.resize((out_w, rows), Image.Resampling.BILINEAR, box=(x0, 0, x1, rows))
+    return wide.resize((out_w, out_h), Image.Resampling.BILINEAR,
+                       box=(0, y0 - first, out_w, y1 - first))
+
+
+def _rows_read(height: int, y0: float, y1: float, out: int) -> tuple[int, int]:
+    """The source rows [first, last) a bilinear vertical pass from y0..y1 to ``out`` rows
+    reads: Pillow's ``precompute_coeffs`` bounds (box edges as C floats, casts truncating)."""
+    in0, in1 = float(np.float32(y0)), float(np.float32(y1))
+    scale = (in1 - in0) / out
+    support = max(scale, 1.0)              # the bilinear filter's support is 1
+    first = max(0, int(in0 + 0.5 * scale - support + 0.5))
+    last = min(height, int(in0 + (out - 1 + 0.5) * scale + support + 0.5))
+    return first, last
 
 
 def _centre(outer: int, inner: int) -> int:

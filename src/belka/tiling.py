@@ -136,9 +136,10 @@ def tile_boxes(height: int, width: int, grids: Sequence[int] = (2, 3), overlap: 
 
 def crop_resized(image: np.ndarray | Image.Image, box: Box, size: int) -> np.ndarray:
     """The pixels of ``box`` resized (bilinear, antialiased) to ``size`` x ``size`` x 3 uint8."""
+    from .images import resample
+
     pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
-    out = pil.resize((size, size), Image.Resampling.BILINEAR,
-                     box=(box.x0, box.y0, box.x1, box.y1))
+    out = resample(pil, (size, size), (box.x0, box.y0, box.x1, box.y1))
     return np.asarray(out, dtype=np.uint8)
 
 
