@@ -162,19 +162,25 @@ def choose(page: Page, server: Server, path: Path | dict) -> None:
 # -- scenarios ---------------------------------------------------------------------------------
 def test_squirrel_is_accepted_stored_and_shown_in_the_gallery(tab, server, squirrel):
     page = tab.page
+    posts: list[str] = []   # the photo must not be sent before "Upload"
+    page.on("request", lambda r: r.method == "POST" and posts.append(r.url))
     choose(page, server, squirrel)
     verdict = page.locator("#verdict")
     expect(verdict).to_have_class(re.compile(r"\baccept\b"), timeout=TIMEOUT_MS)
     expect(verdict).to_contain_text("Looks like a squirrel")
     expect(page.locator("#top5 li")).to_have_count(5)
     expect(page.locator("#top5 li").first).to_contain_text("fox squirrel")
-    assert wait_image_loaded(page, "#heatmap") > 0
+    expect(page.locator("#decided")).to_contain_text("Checked in your browser")
+    assert posts == [], f"the photo left the page before upload: {posts}"
     expect(page.locator("#store")).to_be_visible()
     expect(page.locator("#store-anyway")).to_be_hidden()
     shot(page, "upload-squirrel")
 
     page.click("#store")
     expect(page.locator("#stored")).to_contain_text("Stored as #", timeout=TIMEOUT_MS)
+    # uploaded: the server checked it again, and the heat map comes from there
+    assert wait_image_loaded(page, "#heatmap") > 0
+    expect(page.locator("#decided")).to_contain_text("again by the server on upload: accept")
     upload_id = int(re.search(r"#(\d+)", page.inner_text("#stored")).group(1))
     assert server.api.get(f"/api/v1/uploads/{upload_id}/image").content == squirrel.read_bytes()
 
@@ -197,14 +203,14 @@ def test_cat_is_warned_with_a_heat_map_and_can_be_stored_anyway(tab, server, cat
     expect(verdict).to_have_class(re.compile(r"\bwarn\b"), timeout=TIMEOUT_MS)
     expect(verdict).to_contain_text("does not look like a squirrel")
     expect(verdict).to_contain_text("cat")  # the top guess is named
-    assert wait_image_loaded(page, "#heatmap") > 0
-    expect(page.locator("#heatmap-caption")).to_contain_text("where the model saw")
     expect(page.locator("#store")).to_be_hidden()
     expect(page.locator("#store-anyway")).to_be_visible()
     shot(page, "upload-cat-warning")
 
     page.click("#store-anyway")
     expect(page.locator("#stored")).to_contain_text("Stored as #", timeout=TIMEOUT_MS)
+    assert wait_image_loaded(page, "#heatmap") > 0
+    expect(page.locator("#heatmap-caption")).to_contain_text("where the model saw")
     upload_id = int(re.search(r"#(\d+)", page.inner_text("#stored")).group(1))
     assert server.api.get(f"/api/v1/uploads/{upload_id}").json()["verdict"] == "warn"
 
@@ -236,6 +242,18 @@ def test_a_text_file_gets_a_clear_error(tab, server):
     tab.assert_no_js_errors("status of 415")
 
 
+def test_a_page_without_webassembly_asks_the_server(tab, server, squirrel):
+    """No WebAssembly, no in-browser gate: the server checks, with its heat map at once."""
+    page = tab.page
+    page.add_init_script("delete window.WebAssembly")
+    choose(page, server, squirrel)
+    expect(page.locator("#verdict")).to_have_class(re.compile(r"\baccept\b"), timeout=TIMEOUT_MS)
+    expect(page.locator("#decided")).to_contain_text("Checked by the server")
+    assert wait_image_loaded(page, "#heatmap") > 0
+    assert page.evaluate("document.body.dataset.gate") == "server"
+    tab.assert_no_js_errors()
+
+
 def test_pages_fit_a_phone(tab, server, squirrel, cat_jpeg):
     page = tab.page
     page.set_viewport_size(PHONE)
@@ -246,7 +264,6 @@ def test_pages_fit_a_phone(tab, server, squirrel, cat_jpeg):
 
     choose(page, server, squirrel)
     expect(page.locator("#verdict")).to_have_class(re.compile(r"\baccept\b"), timeout=TIMEOUT_MS)
-    wait_image_loaded(page, "#heatmap")
     wait_image_loaded(page, "#preview")
     assert_fits_phone(page)
     shot(page, "phone-upload")

@@ -109,12 +109,13 @@ def create_app(config: ServerConfig | None = None, *, model=None) -> FastAPI:
         return error_response(500, "internal error: the server failed on this request (its log "
                                    "has the details)", "internal_error")
 
-    from . import api, lab, pages
+    from . import api, lab, pages, webgate
 
     app.include_router(api.router, prefix="/api/v1")
     app.include_router(lab.router, prefix="/api/v1/lab")
     app.include_router(pages.router)
     app.include_router(lab.pages)
+    app.include_router(webgate.router)   # /web/: the gate for the browser (belka export web)
     app.mount("/static", StaticFiles(directory=str(resources.files("belka.server") / "static")),
               name="static")
     app.add_middleware(BodyGuard, limit=config.max_upload_bytes, idle_s=config.body_idle_s,

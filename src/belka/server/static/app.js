@@ -30,12 +30,28 @@ function formWith(file, fields = {}) {
 }
 
 // ---- Upload page -------------------------------------------------------------------------
+// The verdict comes from the gate running in this page (/web/belka.js, the server's own gate
+// exported for the browser): the photo is not sent to check it. It is sent only to store it,
+// and the server then checks it again (never trust the client) and draws the heat map. A page
+// that cannot run the browser gate (no WebAssembly, no runtime on the server) asks the server.
+function loadBrowserGate() {
+  if (typeof WebAssembly !== "object") return Promise.resolve(null);
+  return import("/web/belka.js")
+    .then((m) => m.load("/web/"))
+    .catch((err) => { console.warn(`belka: in-browser check unavailable (${err.message})`); return null; });
+}
+
 function uploadPage() {
   const input = $("#file");
   const zone = $("#upload-form");
   let current = null;
   let checks = 0;    // the latest check wins when photos are picked faster than answers come
   let previewUrl = null;
+  const browserGate = loadBrowserGate();
+  browserGate.then((gate) => {
+    document.body.dataset.gate = gate ? "browser" : "server";
+    window.belka = gate;
+  });
 
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
@@ -48,11 +64,37 @@ function uploadPage() {
   $("#store").addEventListener("click", () => store(false));
   $("#store-anyway").addEventListener("click", () => store(true));
 
+  function showVerdict(body, decidedBy) {
+    const accepted = body.verdict === "accept";
+    const verdict = $("#verdict");
+    const top = body.predictions[0];
+    verdict.className = accepted ? "accept" : "warn";
+    verdict.textContent = accepted
+      ? `Looks like a ${body.allowed}.`
+      : `Warning: this does not look like a ${body.allowed}. The model's top guess is ${top.label} (${(top.probability * 100).toFixed(0)}%).`;
+    $("#decided").textContent = decidedBy;
+    $("#top5").innerHTML = "";
+    for (const p of body.predictions) {
+      const li = document.createElement("li");
+      li.textContent = `${p.label} — ${(p.probability * 100).toFixed(1)}%`;
+      $("#top5").appendChild(li);
+    }
+    $("#store").hidden = !accepted;
+    $("#store-anyway").hidden = accepted;
+  }
+
+  function showHeatmap(body) {
+    if (!body.heatmap) return;
+    $("#heatmap").src = body.heatmap.overlay_url;
+    $("#heatmap-caption").textContent = `where the model saw “${body.heatmap.label}”`;
+  }
+
   async function check(file) {
     const seq = ++checks;
     current = file;
     showError("");
     $("#stored").textContent = "";
+    $("#decided").textContent = "";
     $("#verdict").className = "";
     $("#verdict").textContent = "Checking…";
     $("#store").hidden = true;
@@ -64,6 +106,21 @@ function uploadPage() {
     $("#heatmap").removeAttribute("src");
     $("#heatmap-caption").textContent = "where the model looked";
     $("#top5").innerHTML = "";
+    const gate = await browserGate;
+    if (seq !== checks) return;
+    if (gate) {
+      try {
+        const body = await gate.check(file);
+        if (seq !== checks) return;
+        showVerdict(body, "Checked in your browser: the photo has not been sent. " +
+                          "The server checks it again when you upload it.");
+        $("#heatmap-caption").textContent = "where the model looked: shown once uploaded";
+        return;
+      } catch (err) {
+        if (seq !== checks) return;
+        // a file the browser cannot decode: let the server say what is wrong with it
+      }
+    }
     const { ok, body } = await api("/api/v1/check", { method: "POST", body: formWith(file) });
     if (seq !== checks) return;  // another photo was picked meanwhile
     if (!ok) {
@@ -71,33 +128,32 @@ function uploadPage() {
       showError(body ? body.detail : "The server could not read this file.");
       return;
     }
-    const accepted = body.verdict === "accept";
-    const verdict = $("#verdict");
-    verdict.className = accepted ? "accept" : "warn";
-    verdict.textContent = accepted
-      ? `Looks like a ${body.allowed}.`
-      : `Warning: this does not look like a ${body.allowed}. The model's top guess is ${body.predictions[0].label} (${(body.predictions[0].probability * 100).toFixed(0)}%).`;
-    if (body.heatmap) {
-      $("#heatmap").src = body.heatmap.overlay_url;
-      $("#heatmap-caption").textContent = `where the model saw “${body.heatmap.label}”`;
-    }
-    for (const p of body.predictions) {
-      const li = document.createElement("li");
-      li.textContent = `${p.label} — ${(p.probability * 100).toFixed(1)}%`;
-      $("#top5").appendChild(li);
-    }
-    $("#store").hidden = !accepted;
-    $("#store-anyway").hidden = accepted;
+    showVerdict(body, "Checked by the server.");
+    showHeatmap(body);
   }
 
   async function store(confirm) {
     if (!current) return;
+    const file = current;
     showError("");
-    const { ok, body } = await api(`/api/v1/uploads?confirm=${confirm}`, {
-      method: "POST", body: formWith(current),
+    const { ok, status, body } = await api(`/api/v1/uploads?confirm=${confirm}`, {
+      method: "POST", body: formWith(file),
     });
+    if (status === 409 && body && body.verdict) {
+      // the server's own check refused what this page accepted: the server decides
+      showVerdict(body, "The server checked it again and decided: not stored.");
+      return;
+    }
     if (!ok) { showError(body ? body.detail : "Upload failed."); return; }
     $("#stored").innerHTML = `Stored as #${body.id}${body.duplicate ? " (already there)" : ""}. <a href="/gallery">See the gallery</a>.`;
+    if (!$("#heatmap").getAttribute("src")) {
+      // the photo is on the server now: its check again, with the heat map
+      const again = await api("/api/v1/check", { method: "POST", body: formWith(file) });
+      if (again.ok && current === file) {
+        showHeatmap(again.body);
+        $("#decided").textContent = `Checked in your browser, then again by the server on upload: ${again.body.verdict} (score ${again.body.score.toFixed(3)}).`;
+      }
+    }
   }
 }
 
