@@ -106,7 +106,7 @@ def get_layer(model: ModelLike, key: LayerKey) -> Layer:
     by_name = {layer.name: layer for layer in all_layers}
     if isinstance(key, str) and key in by_name:
         return by_name[key]
-    if isinstance(key, str) and key.lstrip("-").isdigit():
+    if isinstance(key, str) and key.isascii() and key.lstrip("-").isdigit():
         key = int(key)
     if isinstance(key, int) and not isinstance(key, bool):
         n = len(all_layers)

@@ -159,7 +159,7 @@ def resolve_layer(model, layer: str | int | nn.Module | None) -> tuple[str, nn.M
             if module is layer and name:
                 return name, module, False
         raise ModelError("the given module is not a layer of this model")
-    if isinstance(layer, (int, np.integer)) or (isinstance(layer, str) and layer.strip().lstrip("-").isdigit()):
+    if isinstance(layer, (int, np.integer)) or (isinstance(layer, str) and layer.isascii() and layer.strip().lstrip("-").isdigit()):
         index = int(layer)
         if not -len(names) <= index < len(names):
             raise ModelError(f"layer index {index} is out of range: the model has {len(names)} "

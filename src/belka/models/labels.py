@@ -59,7 +59,7 @@ def resolve(targets: str | int | Iterable[str | int], labels: Sequence[str],
     lookup: dict[str, int] | None = None      # built only when a class name needs it
     out: list[int] = []
     for item in items:
-        if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
+        if isinstance(item, int) or (isinstance(item, str) and item.isascii() and item.isdigit()):
             index = int(item)
             if not 0 <= index < len(labels):
                 raise ModelError(f"class index {index} is out of range 0..{len(labels) - 1}")

@@ -195,7 +195,7 @@ def _stream(url: str, out: BinaryIO, *, desc: str, progress: bool) -> str:
     request = urllib.request.Request(url, headers={"User-Agent": "belka"})
     with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
         length = response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else None
+        total = int(length) if length and length.isascii() and length.isdigit() else None
         received = 0
         bar_off = not progress or not sys.stderr.isatty()
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
