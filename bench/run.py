@@ -66,7 +66,7 @@ def machine() -> str:
 
 def explain_rows(model, onnx_engine, quick: bool) -> tuple[list[Row], str]:
     """Grad-CAM per image against one forward pass (eager and ONNX Runtime) and against Captum's
-    LayerGradCam on the same module and layer, batch 1 (bench/explain.py has batch 16 too)."""
+    LayerGradCam on the same module and layer, at batch 1 and 16."""
     if not (ROOT / "bench" / "explain.py").is_file():
         return [], "Grad-CAM: skipped (bench/explain.py is not in this tree yet)"
     try:
@@ -77,42 +77,47 @@ def explain_rows(model, onnx_engine, quick: bool) -> tuple[list[Row], str]:
     except Exception as exc:  # noqa: BLE001 - another engineer's module, report and move on
         return [], f"Grad-CAM: skipped ({type(exc).__name__}: {exc})"
     model.engine = onnx_engine           # what belka.load() gives: Grad-CAM's fast path runs on it
-    decoded = bench_explain.photos(1)
-    x = model.preprocess(decoded)
-    x_np = x.numpy()
-    with torch.inference_mode():
-        target = int(model.module(x).argmax(1)[0])
-
-    def eager() -> None:
+    rows: list[Row] = []
+    notes: list[str] = []
+    for bs in (1, 16):
+        decoded = bench_explain.photos(bs)
+        x = model.preprocess(decoded)
+        x_np = x.numpy()
         with torch.inference_mode():
-            model.module(x)
+            targets = model.module(x).argmax(1).tolist()
 
-    contenders = {"pytorch eager forward": eager,
-                  "belka onnx forward": lambda: onnx_engine.logits(x_np),
-                  "belka gradcam (explain)": lambda: explain(model, x, target=target)}
-    note = ""
-    try:
-        from captum.attr import LayerAttribution, LayerGradCam
+        def eager(x=x) -> None:
+            with torch.inference_mode():
+                model.module(x)
 
-        cam = LayerGradCam(model.module, model.module.top_activation)
+        contenders = {"pytorch eager forward": eager,
+                      "belka onnx forward": lambda x_np=x_np: onnx_engine.logits(x_np),
+                      "belka gradcam (explain)":
+                          lambda x=x, targets=targets: explain(model, x, target=targets)}
+        try:
+            from captum.attr import LayerAttribution, LayerGradCam
 
-        def captum() -> None:
-            a = cam.attribute(x, target=target, relu_attributions=True)
-            LayerAttribution.interpolate(a, tuple(x.shape[-2:]), "bilinear")
+            cam = LayerGradCam(model.module, model.module.top_activation)
 
-        contenders["captum LayerGradCam"] = captum
-    except ImportError:
-        note = "Grad-CAM: Captum is not installed, so its row is missing (pip install captum)"
-    medians = interleaved(contenders, rounds=5 if quick else 7, calls=2)
-    base = "pytorch eager forward"
-    rows = [Row("gradcam b1", name, s, 1, None if name == base else base)
-            for name, s in medians.items()]
-    if "captum LayerGradCam" in medians:
-        ours, theirs = medians["belka gradcam (explain)"], medians["captum LayerGradCam"]
-        engine = medians["belka onnx forward"]
-        note = (f"Grad-CAM at top_activation, batch 1: Captum / belka = {theirs / ours:.2f}; "
-                f"belka's Grad-CAM = {ours / engine:.2f} forward passes of its engine")
-    return rows, note
+            def captum(x=x, targets=targets) -> None:
+                a = cam.attribute(x, target=targets, relu_attributions=True)
+                LayerAttribution.interpolate(a, tuple(x.shape[-2:]), "bilinear")
+
+            contenders["captum LayerGradCam"] = captum
+        except ImportError:
+            notes.append("Grad-CAM: Captum is not installed, so its row is missing "
+                         "(pip install captum)")
+        medians = interleaved(contenders, rounds=5 if quick else 9, calls=2)
+        base = "pytorch eager forward"
+        rows += [Row(f"gradcam b{bs}", name, s, bs, None if name == base else base)
+                 for name, s in medians.items()]
+        if "captum LayerGradCam" in medians:
+            ours, theirs = medians["belka gradcam (explain)"], medians["captum LayerGradCam"]
+            engine = medians["belka onnx forward"]
+            notes.append(f"Grad-CAM at top_activation, batch {bs}: Captum / belka = "
+                         f"{theirs / ours:.2f}; belka's Grad-CAM = {ours / engine:.2f} forward "
+                         f"passes of its engine")
+    return rows, "\n".join(notes)
 
 
 def table(rows: list[Row], sgemm: float) -> str:

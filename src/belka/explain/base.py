@@ -407,6 +407,39 @@ def normalize(values: np.ndarray, in_y: np.ndarray | None = None,
     return out.astype(np.float32, copy=False)
 
 
+def _interpolation_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """n_out x n_in weights of 1-D linear interpolation with PyTorch's ``align_corners=False``
+    rule (source coordinate ``(i + 0.5) * n_in / n_out - 0.5``, clamped at 0)."""
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.intp), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    t = src - i0
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    np.add.at(m, (np.arange(n_out), i0), 1.0 - t)
+    np.add.at(m, (np.arange(n_out), i1), t)
+    return m.astype(np.float32)
+
+
+_MATRICES: dict[tuple[int, int], np.ndarray] = {}
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """N x h x w maps -> N x S x S by bilinear interpolation, the same numbers as
+    ``F.interpolate(mode="bilinear", align_corners=False)`` (to float rounding), in NumPy:
+    two small matrix products per map instead of a torch kernel that wakes the thread pool."""
+    maps = np.asarray(maps, dtype=np.float32)
+    h, w = maps.shape[-2:]
+    if (h, w) == tuple(size):
+        return np.array(maps, dtype=np.float32)
+    rows = _MATRICES.get((size[0], h))
+    if rows is None:
+        rows = _MATRICES[(size[0], h)] = _interpolation_matrix(size[0], h)
+    cols = _MATRICES.get((size[1], w))
+    if cols is None:
+        cols = _MATRICES[(size[1], w)] = _interpolation_matrix(size[1], w)
+    return np.ascontiguousarray(rows @ maps @ cols.T, dtype=np.float32)
+
+
 def _seen(n: int, size: int, scale: float, offset: float) -> slice:
     """Grid indices along one axis whose pixel centres lie on the image."""
     start, stop = -offset, n * scale - offset          # the image's extent in grid units
@@ -447,6 +480,7 @@ class Context:
     activations: torch.Tensor | None = None   # N x C x h x w at the layer, detached
     gradients: torch.Tensor | None = None     # d score / d activations (or / d x), detached
     fast: bool = False                    # gradients came from the closed form, not autograd
+    channel_gradient: torch.Tensor | None = None  # fast path: N x C, d score / d A_k (same everywhere)
     attributions: torch.Tensor | None = None  # set by input methods: N x C x S x S, signed
     details: list[dict] = field(default_factory=list)  # per image, set by methods
 
@@ -601,10 +635,11 @@ class Explainer:
                     else:
                         logits, acts = ran
                     targets = [resolve_target(self.model, s, logits[i]) for i, s in enumerate(specs)]
-                    grads = self._closed_form_gradients(acts, logits, targets)
-                if grads is not None:
+                    channel = self._closed_form_gradients(acts, logits, targets)
+                if channel is not None:
+                    grads = channel[:, :, None, None].expand_as(acts)
                     return Context(x, logits, targets, target_scores(logits, targets), acts,
-                                   grads, fast=True)
+                                   grads, fast=True, channel_gradient=channel)
                 # The classifier does not reproduce the logits: this model is wired otherwise.
                 self.head = None
                 store.clear()
@@ -655,20 +690,51 @@ class Explainer:
         return torch.from_numpy(logits), torch.from_numpy(features)
 
     def _closed_form_gradients(self, acts, logits, targets) -> torch.Tensor | None:
-        """d score / d A for a layer followed only by global average pooling and the linear
+        """d score / d A_k for a layer followed only by global average pooling and the linear
         classifier: the classifier row (summed over a group) / (H * W), the same at every
-        position. None when the classifier does not reproduce the logits from ``acts``."""
+        position, as an N x C tensor. None when the classifier does not reproduce the logits
+        from ``acts``.
+
+        Computed in NumPy on the CPU: these are small operations, and torch's thread pool
+        waking up beside ONNX Runtime's threads cost more than the arithmetic (a 1 x 1280 x 7 x 7
+        mean took milliseconds right after an engine run)."""
         head = self.head
-        pooled = acts.mean(dim=(2, 3))
-        check = F.linear(pooled, head.weight, head.bias)
-        tolerance = 1e-4 * max(1.0, float(logits.abs().max()))
-        if check.shape != logits.shape or not torch.allclose(check, logits, rtol=1e-4, atol=tolerance):
+        on_cpu = acts.device.type == "cpu" and head.weight.device.type == "cpu"
+        if on_cpu:
+            a = acts.detach().numpy()
+            weight = head.weight.detach().numpy()
+            bias = None if head.bias is None else head.bias.detach().numpy()
+            # The explained rows and every 50th other: the map depends on the explained rows
+            # only, and a classifier wired otherwise fails on any row. (All 1000 rows cost a
+            # threaded BLAS call, slower here than the rest of the method.)
+            pooled = a.mean(axis=(2, 3), dtype=np.float64)
+            got = logits.detach().numpy()
+            agrees = got.shape == (a.shape[0], weight.shape[0])
+            if agrees:
+                spot = np.arange(0, weight.shape[0], 50)
+                for i, t in enumerate(targets):
+                    idx = np.unique(np.concatenate([spot, np.asarray(t.indices, dtype=np.intp)]))
+                    check = np.einsum("kc,c->k", weight[idx].astype(np.float64), pooled[i])
+                    if bias is not None:
+                        check += bias[idx]
+                    tolerance = 1e-4 * max(1.0, float(np.abs(got[i]).max()))
+                    agrees = agrees and np.allclose(check, got[i, idx], rtol=1e-4, atol=tolerance)
+        else:
+            pooled = acts.mean(dim=(2, 3))
+            check = F.linear(pooled, head.weight, head.bias)
+            tolerance = 1e-4 * max(1.0, float(logits.abs().max()))
+            agrees = check.shape == logits.shape and bool(
+                torch.allclose(check, logits, rtol=1e-4, atol=tolerance))
+        if not agrees:
             log.warning("belka.explain: layer %s is not followed by pooling and the classifier "
                         "alone; using autograd", self.layer_name)
             return None
-        rows = torch.stack([head.weight[list(t.indices)].sum(dim=0) for t in targets])
         h, w = acts.shape[2:]
-        return (rows / (h * w))[:, :, None, None].expand_as(acts)
+        if on_cpu:
+            rows = np.stack([weight[list(t.indices)].sum(axis=0) for t in targets])
+            return torch.from_numpy(rows / np.float32(h * w))
+        rows = torch.stack([head.weight[list(t.indices)].sum(dim=0) for t in targets])
+        return rows / (h * w)
 
     # -- the whole run -------------------------------------------------------------------------
     def explain(self, images, target=None, *, resize: str | None = None) -> list[Explanation]:
@@ -708,9 +774,13 @@ class Explainer:
     def _finish(self, ctx: Context, maps: torch.Tensor, originals, policy: str) -> list[Explanation]:
         size = tuple(ctx.x.shape[-2:])
         maps = maps.detach().float()
-        if tuple(maps.shape[-2:]) != size:
-            maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        raw = maps.cpu().numpy()
+        if maps.device.type == "cpu":
+            raw = upsample(maps.numpy(), size)
+        else:
+            if tuple(maps.shape[-2:]) != size:
+                maps = F.interpolate(maps[:, None], size=size, mode="bilinear",
+                                     align_corners=False)[:, 0]
+            raw = maps.cpu().numpy()
         probs = target_probabilities(ctx.logits, ctx.targets).cpu().numpy()
         scores = ctx.scores.float().cpu().numpy()
         attributions = None if ctx.attributions is None else ctx.attributions.float().cpu().numpy()

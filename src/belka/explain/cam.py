@@ -9,6 +9,7 @@ gradient methods run without a backward pass there (see :mod:`belka.explain.base
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,7 +28,19 @@ class GradientCAM(Explainer):
         """N x C channel weights, or N x C x h x w element-wise weights."""
         raise NotImplementedError
 
+    def channel_weights(self, acts: np.ndarray, g: np.ndarray) -> np.ndarray | None:
+        """N x C weights when the gradient is the same at every position (``g``: N x C, the
+        fast path), in NumPy; None to use :meth:`weights` on the expanded gradient."""
+        return None
+
     def compute(self, ctx: Context) -> torch.Tensor:
+        if ctx.channel_gradient is not None and ctx.activations.device.type == "cpu":
+            a = ctx.activations.detach().float().numpy()
+            w = self.channel_weights(a, ctx.channel_gradient.float().numpy())
+            if w is not None:
+                n, c, h, wd = a.shape
+                cam = np.matmul(w.astype(np.float32)[:, None, :], a.reshape(n, c, h * wd))
+                return torch.from_numpy(np.maximum(cam.reshape(n, h, wd), 0.0))
         acts, grads = ctx.activations.float(), ctx.gradients.float()
         w = self.weights(acts, grads)
         if w.dim() == 2:
@@ -51,6 +64,9 @@ class GradCAM(GradientCAM):
 
     def weights(self, acts, grads):
         return grads.mean(dim=(2, 3))
+
+    def channel_weights(self, acts, g):
+        return g
 
 
 @register("grad-cam++", "gradcampp", "gradcamplusplus")
@@ -92,6 +108,10 @@ class XGradCAM(GradientCAM):
     def weights(self, acts, grads):
         return (grads * acts).sum(dim=(2, 3)) / (acts.sum(dim=(2, 3)) + _EPS)
 
+    def channel_weights(self, acts, g):
+        total = acts.sum(axis=(2, 3))
+        return g * total / (total + _EPS)
+
 
 @register("layer-cam")
 class LayerCAM(GradientCAM):
@@ -107,6 +127,9 @@ class LayerCAM(GradientCAM):
 
     def weights(self, acts, grads):
         return F.relu(grads)
+
+    def channel_weights(self, acts, g):
+        return np.maximum(g, 0.0)
 
 
 @register("hires-cam", "hirescam")
@@ -124,6 +147,9 @@ class HiResCAM(GradientCAM):
 
     def weights(self, acts, grads):
         return grads
+
+    def channel_weights(self, acts, g):
+        return g
 
 
 @register("score-cam")
