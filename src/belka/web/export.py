@@ -218,9 +218,10 @@ def _store_weights_fp16(graph) -> None:
         array = numpy_helper.to_array(init)
         if array.size <= 16:
             continue
-        half = numpy_helper.from_array(array.astype(np.float16), f"{init.name}__fp16")
+        name = init.name
+        half = numpy_helper.from_array(array.astype(np.float16), f"{name}__fp16")
         graph.initializer[i].CopyFrom(half)
-        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
+        casts.append(helper.make_node("Cast", [half.name], [name], to=TensorProto.FLOAT,
                                       name=f"belka_fp16_{i}"))
     nodes = casts + list(graph.node)
     del graph.node[:]
