@@ -315,3 +315,50 @@ def test_api_docs_render_with_no_network(tab, server):
     # The logo's URL is hard-coded in ReDoc; the Content-Security-Policy blocks it before the
     # network is asked (and, were it let through, the route above would refuse it).
     tab.assert_no_js_errors("Failed to load resource", "https://cdn.redoc.ly/redoc/logo-mini.svg")
+
+
+def test_another_site_cannot_store_or_delete(tab, server, cat_jpeg, tmp_path):
+    """A page on another origin (a second local server) posts a plain HTML form to belka and
+    sends a DELETE with fetch(): both refused, nothing stored, nothing deleted. Before the
+    same-origin rule, the form stored the photo."""
+    import functools
+    import http.server
+    import threading
+
+    stored = server.api.post("/api/v1/uploads?confirm=true", files={
+        "file": ("keep.jpg", cat_jpeg.read_bytes(), "image/jpeg")}).json()
+    before = server.api.get("/api/v1/uploads").json()["total"]
+    (tmp_path / "evil.html").write_text(
+        "<!doctype html><title>free nuts</title>"
+        f'<form method="post" enctype="multipart/form-data" '
+        f'action="{server.live.url}/api/v1/uploads?confirm=true">'
+        '<input type="file" name="file" id="file"><button id="go">send</button></form>')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        page = tab.page
+        page.goto(f"http://127.0.0.1:{evil.server_address[1]}/evil.html")
+        page.set_input_files("#file", str(cat_jpeg))
+        with page.expect_navigation():
+            page.click("#go")
+        assert "cross_origin" in page.content()
+        page.goto(f"http://127.0.0.1:{evil.server_address[1]}/evil.html")
+        # fetch() with a body a form could send: it reaches the server, which refuses it, and
+        # the page learns nothing (Cross-Origin-Resource-Policy blocks even the opaque answer).
+        outcome = page.evaluate("""async url => {
+            const form = new FormData();
+            form.append("file", new Blob([new Uint8Array(64)], {type: "image/jpeg"}), "x.jpg");
+            return fetch(url, {method: "POST", mode: "no-cors", body: form})
+                .then(r => "opaque " + r.status, e => "blocked"); }""",
+            f"{server.live.url}/api/v1/uploads?confirm=true")
+        assert outcome in ("blocked", "opaque 0")
+        # A DELETE needs a CORS preflight, which belka never grants.
+        outcome = page.evaluate(
+            "url => fetch(url, {method: 'DELETE'}).then(r => 'answered ' + r.status, e => 'blocked')",
+            f"{server.live.url}/api/v1/uploads/{stored['id']}")
+        assert outcome == "blocked"
+    finally:
+        evil.shutdown()
+    assert server.api.get("/api/v1/uploads").json()["total"] == before
+    assert server.api.get(f"/api/v1/uploads/{stored['id']}").status_code == 200
