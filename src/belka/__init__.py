@@ -56,6 +56,10 @@ def __getattr__(name: str):
         from .models import model
 
         return getattr(model, name)
+    if name in {"style", "visualize"}:  # pictures made with the model (docs/pictures.md)
+        from . import optimize
+
+        return getattr(optimize, name)
     if name in {"Gate", "CheckResult"}:
         from . import gate
 
@@ -63,5 +67,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'belka' has no attribute {name!r}")
 
 
-__all__ = ["load", "explain", "Model", "Prediction", "Gate", "CheckResult", "BelkaError", "ImageError",
+__all__ = ["load", "explain", "style", "visualize", "Model", "Prediction", "Gate", "CheckResult", "BelkaError", "ImageError",
            "ModelError", "UsageError", "WeightsError", "__version__"]

@@ -53,7 +53,8 @@ def _show_engine_messages() -> None:
 
 # Each module adds its commands to `main` when imported, so `belka --help` lists them all.
 COMMAND_MODULES = ("commands_models", "commands_inspect", "commands_explain", "commands_serve",
-                   "commands_lab", "commands_learn", "commands_train", "commands_export")
+                   "commands_lab", "commands_learn", "commands_train", "commands_export",
+                   "commands_pictures")
 
 
 def _register() -> None:
