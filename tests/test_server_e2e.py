@@ -362,3 +362,37 @@ def test_another_site_cannot_store_or_delete(tab, server, cat_jpeg, tmp_path):
         evil.shutdown()
     assert server.api.get("/api/v1/uploads").json()["total"] == before
     assert server.api.get(f"/api/v1/uploads/{stored['id']}").status_code == 200
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_lab_two_kernel_filters_divergence_and_phone_width(tab, server, cat_jpeg, viewport):
+    """The lab after a one-kernel filter applies a two-kernel one (sobel) without a script error
+    and captions the new kernels; a diverging fit says so in words; nothing shows a broken
+    image before any action, and the page fits a phone."""
+    page = tab.page
+    page.set_viewport_size(viewport)
+    page.goto(server.live.url + "/lab")
+    broken = page.evaluate("""() => [...document.images].filter(
+        i => i.getBoundingClientRect().width > 0 && !(i.complete && i.naturalWidth > 0)).length""")
+    assert broken == 0, "an image with nothing to show takes room (a broken-image icon)"
+    if viewport is PHONE:
+        assert_fits_phone(page)
+    page.set_input_files("#lab-file", str(cat_jpeg))
+    for kernel, caption in (("gaussian-blur", "kernel [["), ("sobel", "kernels x [["),
+                            ("prewitt", "kernels x [[")):
+        page.select_option("#kernel", kernel)
+        page.click("#kernel-form button[type=submit]")
+        expect(page.locator("#kernel-caption")).to_contain_text(caption)
+        if kernel != "gaussian-blur":
+            expect(page.locator("#kernel-caption")).to_contain_text("sqrt(x² + y²)")
+        wait_image_loaded(page, "#kernel-out")
+    page.fill("#learn-lr", "0.5")
+    page.click("#learn-form button[type=submit]")
+    status = page.locator("#learn-status")
+    expect(status).to_contain_text("The run diverged")
+    expect(status).to_contain_text("too large")
+    assert "e+" not in status.inner_text().split("too large")[1]
+    if viewport is PHONE:
+        assert_fits_phone(page)
+    shot(page, f"lab-{'phone' if viewport is PHONE else 'desktop'}")
+    tab.assert_no_js_errors()

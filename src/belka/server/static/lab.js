@@ -16,7 +16,7 @@ window.addEventListener("DOMContentLoaded", () => {
     });
     if (!ok) { showError(body ? body.detail : "Filter failed."); return; }
     $("#kernel-out").src = body.url;
-    $("#kernel-caption").textContent = `kernel ${JSON.stringify(body.kernel.map((r) => r.map((v) => +v.toFixed(4))))}`;
+    $("#kernel-caption").textContent = kernelCaption(body.kernel);
   });
 
   $("#transform-form").addEventListener("submit", async (e) => {
@@ -83,6 +83,26 @@ window.addEventListener("DOMContentLoaded", () => {
     animate(body);
   });
 
+  // Edge detectors (sobel, prewitt, scharr) are two kernels, x and y, combined as the gradient's
+  // length; the others are one matrix.
+  function kernelCaption(kernel) {
+    const rows = (m) => JSON.stringify(m.map((r) => r.map((v) => +Number(v).toFixed(4))));
+    const pair = Array.isArray(kernel[0][0]);
+    return pair ? `kernels x ${rows(kernel[0])} and y ${rows(kernel[1])}, combined as sqrt(x² + y²)`
+      : `kernel ${rows(kernel)}`;
+  }
+
+  // Gradient descent on the MSE is stable while lr < 2 / (the largest eigenvalue of the loss's
+  // curvature, 2/n [[Σx², Σx], [Σx, n]]).
+  function stableRate(xs) {
+    const n = xs.length, sx = xs.reduce((a, v) => a + v, 0), sxx = xs.reduce((a, v) => a + v * v, 0);
+    const a = (2 / n) * sxx, d = 2, b = (2 / n) * sx;
+    const largest = (a + d) / 2 + Math.sqrt(((a - d) / 2) ** 2 + b * b);
+    return 2 / largest;
+  }
+
+  const num = (v, digits = 4) => (v === null || v === undefined ? "∞" : v.toFixed(digits));
+
   function animate(fit) {
     const canvas = $("#learn-canvas");
     const ctx = canvas.getContext("2d");
@@ -92,6 +112,10 @@ window.addEventListener("DOMContentLoaded", () => {
     const ymin = Math.min(...ys) - 2, ymax = Math.max(...ys) + 2;
     const px = (x) => ((x - xmin) / (xmax - xmin)) * (half - 20) + 10;
     const py = (y) => H - 10 - ((y - ymin) / (ymax - ymin)) * (H - 20);
+    // A diverged run is drawn up to its last finite step; the words say what happened.
+    const finite = fit.trace.filter((t) => t.a !== null && t.b !== null && t.loss !== null && Math.abs(t.loss) < 1e12);
+    if (!finite.length) finite.push(fit.trace[0]);
+    fit = { ...fit, trace: finite };
     const losses = fit.trace.map((t) => Math.log10(Math.max(t.loss, 1e-12)));
     const lmin = Math.min(...losses), lmax = Math.max(...losses);
     let i = 0;
@@ -113,10 +137,14 @@ window.addEventListener("DOMContentLoaded", () => {
         j ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
       }
       ctx.stroke();
-      $("#learn-status").textContent = `step ${t.step}: a = ${t.a.toFixed(4)}, b = ${t.b.toFixed(4)}, loss = ${t.loss.toExponential(2)}`;
+      $("#learn-status").textContent = `step ${t.step}: a = ${num(t.a)}, b = ${num(t.b)}, loss = ${t.loss.toExponential(2)}`;
       i += 3;
       if (i < fit.trace.length + 3) requestAnimationFrame(frame);
-      else $("#learn-status").textContent += fit.diverged ? " (diverged: lower the learning rate)" : ` → final a = ${fit.a.toFixed(4)}, b = ${fit.b.toFixed(4)}`;
+      else if (fit.diverged) {
+        const safe = stableRate(xs);
+        $("#learn-status").textContent = `The run diverged: each step overshot further (the loss grew to ${t.loss.toExponential(1)} by step ${t.step}). ` +
+          `The learning rate ${$("#learn-lr").value} is too large for these points: below ${safe.toPrecision(2)} it converges; try ${(safe / 2).toPrecision(2)}.`;
+      } else $("#learn-status").textContent += ` → final a = ${num(fit.a)}, b = ${num(fit.b)}`;
     }
     frame();
   }
