@@ -156,3 +156,39 @@ def test_demo_writes_a_report(tmp_path):
     assert report["predictions"][0]["index"] in range(281, 286)
     assert report["check"]["verdict"] == "warn"
     assert (tmp_path / "demo" / "report.md").read_text().startswith("# belka demo")
+
+
+def test_an_empty_folder_is_said_not_skipped(tmp_path, photos):
+    """`belka classify EMPTY_DIR` printed nothing and exited 0."""
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no photos here")
+    for command in (["classify", str(empty)], ["check", str(empty), "--allow", "cat"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2
+        assert "no images in this folder" in result.output and "Traceback" not in result.output
+    # Beside a folder with photos, the empty one is named and the photos are still classified.
+    result = CliRunner().invoke(main, ["classify", str(empty), str(photos), "--json"])
+    assert result.exit_code == 2
+    lines = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert {line["path"] for line in lines if "error" in line} == {str(empty)}
+    assert sum("predictions" in line for line in lines) == 3
+
+
+def test_symlinked_folders_are_followed_once(tmp_path, photos):
+    """Class folders (or sub-folders) that are symbolic links are read, and a link loop ends."""
+    root = tmp_path / "set"
+    root.mkdir()
+    (root / "cats").symlink_to(photos, target_is_directory=True)
+    (root / "again").symlink_to(photos, target_is_directory=True)   # the same folder twice
+    (photos / "loop").symlink_to(photos, target_is_directory=True)  # a link back up
+    try:
+        from belka import images
+
+        found = images.iter_image_files(root)
+        assert sorted(p.name for p in found) == ["camera.png", "cat.jpg", "coffee.png"]
+        result = CliRunner().invoke(main, ["classify", str(root), "--json"])
+        assert result.exit_code == 0
+        assert len(result.output.splitlines()) == 3
+    finally:
+        (photos / "loop").unlink()

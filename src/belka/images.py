@@ -467,8 +467,9 @@ def iter_image_files(
 
     A folder contributes its files with an image suffix (:data:`IMAGE_EXTENSIONS`, any case) in
     name order, then, with ``recursive``, those of its subfolders the same way; hidden files and
-    folders are skipped and symlinked folders are not followed. Files named explicitly are kept
-    whatever their suffix. A named path that does not exist raises :class:`ImageError`.
+    folders are skipped. Symbolic links to folders are followed (a folder reached twice, through
+    a link loop or two links, is read once). Files named explicitly are kept whatever their
+    suffix. A named path that does not exist raises :class:`ImageError`.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -484,7 +485,13 @@ def iter_image_files(
 
 
 def _images_in(folder: Path, recursive: bool) -> Iterator[Path]:
-    for root, folders, files in os.walk(folder):
+    seen: set[str] = set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree, or a second link to the same folder
+            folders[:] = []
+            continue
+        seen.add(real)
         folders[:] = sorted(f for f in folders if not f.startswith(".")) if recursive else []
         for file_name in sorted(files):
             if not file_name.startswith(".") and Path(file_name).suffix.lower() in IMAGE_EXTENSIONS:

@@ -25,13 +25,20 @@ class ScanItem:
 
 
 def expand(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str | None]]:
-    """(file, None) for every image file under ``paths``, or (path, error) for a bad path."""
+    """(file, None) for every image file under ``paths``, or (path, error) for a bad path or
+    a folder with no image in it (so an empty folder is said, not silently skipped)."""
     for path in paths:
         try:
-            for file in images.iter_image_files([path]):
-                yield str(file), None
+            found = images.iter_image_files([path])
         except BelkaError as err:
             yield str(path), err.message
+            continue
+        if not found and os.path.isdir(path):
+            yield str(path), ("no images in this folder (looked for "
+                              f"{', '.join(sorted(images.IMAGE_EXTENSIONS))}, in sub-folders too; "
+                              "hidden files are skipped)")
+        for file in found:
+            yield str(file), None
 
 
 def scan(model: Model, paths: Sequence[str | os.PathLike], *, batch_size: int = 32,
