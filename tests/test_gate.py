@@ -85,3 +85,22 @@ def test_a_result_carries_the_whole_image_embedding(model):
     _, want = model.embed_batch(whole)
     np.testing.assert_allclose(result.embedding, want[0], rtol=1e-4, atol=1e-5)
     assert "embedding" not in result.to_dict()
+
+
+def test_messages_name_classes_given_by_index(model):
+    """`--allow 335` used to say "does not look like a 335"."""
+    result = Gate(model, allow="335", tiles=False).check_many([skdata.chelsea()])[0]
+    assert result.allowed == "fox squirrel"
+    assert result.message.startswith("this does not look like a fox squirrel: top guess ")
+    assert Gate(model, allow="281, 282", tiles=False).allowed == "tabby or tiger cat"
+    assert Gate(model, allow="squirrel").allowed == "squirrel"
+
+
+def test_a_warned_top_guess_of_the_allowed_class_is_worded_as_doubt(model):
+    """With a head, "does not look like a squirrel: top guess squirrel 0.41" contradicted
+    itself: when the top guess is an allowed class that fell short, say so."""
+    gate = Gate(model, allow="cat", tiles=False, threshold=0.99)
+    result = gate.check_many([skdata.chelsea()])[0]   # a tiger cat or tabby near 0.4
+    assert result.verdict == "warn" and result.predictions[0].index in gate.allow_indices
+    assert result.message.startswith("not sure this is a cat: the top guess is ")
+    assert "but only at 0." in result.message and "< 0.99" in result.message

@@ -264,3 +264,20 @@ def test_cli_mlp(tmp_path) -> None:
     flat = _cli("mlp", "--no-relu", "--widths", "1,8,8,1", "--steps", 1500)
     assert flat.exit_code == 0, flat.output
     assert "are one line: y = 0.30040" in flat.stdout
+
+
+def test_the_cli_blames_the_articles_rule_not_the_step_count_on_a_falling_line() -> None:
+    """On a falling line the article's rule rests at a = 0, b = mean(y); "more steps" was the
+    wrong advice."""
+    from click.testing import CliRunner
+
+    from belka.cli import main
+
+    result = CliRunner().invoke(main, ["learn", "linear", "--x", "1", "2", "3", "4",
+                                       "--y", "13", "11", "9", "7", "--article"])
+    assert result.exit_code == 0
+    assert "the article's update is not the gradient" in result.output
+    assert "b = mean(y) = 10" in result.output and "more --steps" not in result.output
+    plain = CliRunner().invoke(main, ["learn", "linear", "--x", "1", "2", "3", "4",
+                                      "--y", "13", "11", "9", "7", "--steps", "5"])
+    assert "not converged yet: try more --steps" in plain.output

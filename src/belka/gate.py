@@ -68,6 +68,7 @@ class CheckResult:
                                       # resembles its training photos (none of the above)
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
                                       # the whole image's backbone embedding, when computed
+    allow_indices: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def accepted(self) -> bool:
@@ -85,6 +86,10 @@ class CheckResult:
             return (f"this does not look like a {self.allowed}: {guess}, but nothing in it "
                     f"resembles the {self.allowed} photos the head was trained on "
                     f"(none of the above; score {self.score:.3f} < {self.threshold:g})")
+        if top is not None and top.index in self.allow_indices:
+            return (f"not sure this is a {self.allowed}: the top guess is {top.label}, but only "
+                    f"at {top.probability:.2f} (score {self.score:.3f} < {self.threshold:g}"
+                    f"{where})")
         return (f"this does not look like a {self.allowed}: {guess} "
                 f"(score {self.score:.3f} < {self.threshold:g}{where})")
 
@@ -133,7 +138,7 @@ class Gate:
             self.tiling = None
         self.allow = allow
         self.allow_indices = model.class_indices(allow)
-        self.allowed = _labels.describe(allow)
+        self.allowed = _labels.describe(allow, model.labels)
         if threshold is None and policy is not None:
             threshold = policy.threshold
         if threshold is None and self.head is not None:
@@ -156,7 +161,8 @@ class Gate:
         score = float(probs[self.allow_indices].sum())
         verdict = ACCEPT if score >= self.threshold else WARN
         return CheckResult(verdict, score, self.threshold, self.allowed,
-                           self.model.rank(probs, 5), path)
+                           self.model.rank(probs, 5), path,
+                           allow_indices=tuple(self.allow_indices))
 
     def decide_views(self, probs: np.ndarray, boxes: Sequence[Box | None],
                      embeddings: np.ndarray | None = None, path: str | None = None) -> CheckResult:
@@ -178,7 +184,8 @@ class Gate:
         tile = boxes[best] if best < len(boxes) else None
         return CheckResult(verdict, score, self.threshold, self.allowed,
                            self.model.rank(probs[0], 5), path, tile, len(boxes), known,
-                           None if embeddings is None else embeddings[0])
+                           None if embeddings is None else embeddings[0],
+                           tuple(self.allow_indices))
 
     def views(self, image: np.ndarray, resize: str | None = None) -> tuple[np.ndarray, list]:
         """The views the gate runs for one decoded image, and their boxes."""

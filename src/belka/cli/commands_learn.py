@@ -314,7 +314,15 @@ def learn_linear(x, y, lr, steps, seed, every, article, plot):
         click.echo(f"step {steps:>6}  loss {fit.loss:<12.6g}\n"
                    f"a = {fit.a:.6f}, b = {fit.b:.6f}   (least squares: a = {a_ls:.6f}, b = {b_ls:.6f})")
         if abs(fit.a - a_ls) + abs(fit.b - b_ls) > 1e-3:
-            click.echo("not converged yet: try more --steps or a larger --lr", err=True)
+            mean_y = sum(y) / len(y)
+            to_spurious = abs(fit.a) + abs(fit.b - mean_y)
+            if article and to_spurious < abs(fit.a - a_ls) + abs(fit.b - b_ls):
+                click.echo(f"the article's update is not the gradient of the loss: it is heading "
+                           f"for a = 0, b = mean(y) = {mean_y:.6g} (its other resting point), not "
+                           "the least-squares line, and more steps will not change that. Drop "
+                           "--article for true gradient descent", err=True)
+            else:
+                click.echo("not converged yet: try more --steps or a larger --lr", err=True)
     if plot:
         _plot_linear(fit, x, y, (a_ls, b_ls), "article's rule" if article else "gradient descent", plot)
         click.echo(f"wrote {plot}")

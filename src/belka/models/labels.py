@@ -78,10 +78,21 @@ def resolve(targets: str | int | Iterable[str | int], labels: Sequence[str],
     return out
 
 
-def describe(targets: str | int | Iterable[str | int]) -> str:
-    """A short human name for what was allowed ("squirrel", "tabby or tiger cat")."""
+def describe(targets: str | int | Iterable[str | int],
+             labels: Sequence[str] | None = None) -> str:
+    """A short human name for what was allowed ("squirrel", "tabby or tiger cat"); with
+    ``labels``, class indices are named too (335 -> "fox squirrel")."""
     if isinstance(targets, str):
-        return targets.replace(",", " or ")
-    if isinstance(targets, int):
-        return str(targets)
-    return " or ".join(str(t) for t in targets)
+        items: list[str | int] = [t.strip() for t in targets.split(",") if t.strip()]
+    elif isinstance(targets, int):
+        items = [targets]
+    else:
+        items = list(targets)
+
+    def name(item: str | int) -> str:
+        text = str(item)
+        if labels is not None and text.isascii() and text.isdigit() and int(text) < len(labels):
+            return labels[int(text)]
+        return text
+
+    return " or ".join(name(t) for t in items)
