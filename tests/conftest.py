@@ -15,7 +15,8 @@ def _need(path: Path) -> Path:
     if not path.exists():
         if os.environ.get("CI") and SHARED.exists():
             pytest.fail(f"{path} is missing from ../shared in CI")
-        pytest.skip(f"{path} not present (../shared is absent on this machine)")
+        pytest.skip(f"{path} not present: these tests need the shared photos and fixtures "
+                    "(../shared beside the repository, or BELKA_SHARED=/path/to/shared)")
     return path
 
 
@@ -45,3 +46,28 @@ def _isolated_cache(tmp_path_factory):
         mp.setenv("BELKA_ALLOWED_HOSTS", "testserver")
         mp.delenv("BELKA_TOKEN", raising=False)
         yield
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One plain line per reason when tests were skipped, so `make test` says what it needs."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    needs = {"shared": 0, "browser": 0, "other": 0}
+    for report in skipped:
+        text = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
+        if "BELKA_SHARED" in text or "../shared" in text:
+            needs["shared"] += 1
+        elif "Chromium" in text or "Playwright" in text or "browser" in text:
+            needs["browser"] += 1
+        else:
+            needs["other"] += 1
+    write = terminalreporter.write_line
+    if needs["shared"]:
+        write(f"belka: {needs['shared']} test(s) skipped because ../shared (the photos and "
+              "fixtures) was not found; put it beside the repository or set BELKA_SHARED")
+    if needs["browser"]:
+        write(f"belka: {needs['browser']} test(s) skipped because Chromium or Playwright is "
+              "missing: apt-get install -y chromium (Debian's; .ci/run does this)")
+    if needs["other"]:
+        write(f"belka: {needs['other']} test(s) skipped for other reasons (listed above)")
