@@ -10,7 +10,9 @@
 >>> maps = explain(model, ["a.jpg", "b.jpg"], target=["cat", 335], method="scorecam")
 
 Methods (see :data:`METHODS`): gradcam, gradcam++, xgradcam, layercam, hirescam, scorecam,
-eigencam (at a layer), saliency, smoothgrad, integratedgradients, occlusion (on the input).
+eigencam, ablationcam, guidedgradcam (at a layer), layercam-fused (over several layers),
+saliency, smoothgrad, integratedgradients, occlusion, guidedbackprop, deeplift, gradientshap,
+fullgrad, lime (on the input). Many images and folders: :func:`explain_many`.
 Faithfulness checks live in :mod:`belka.explain.metrics`; pictures in
 :mod:`belka.explain.render`.
 
@@ -23,10 +25,13 @@ from __future__ import annotations
 import sys
 import types
 
-from . import cam, gradients, perturbation  # noqa: F401  (register the methods)
+from . import (ablation, attribution, cam, fullgrad, fused, gradients, guided,  # noqa: F401
+               lime, perturbation)  # (register the methods)
 from .base import (INPUT, METHODS, Explainer, Explanation, auto_layer, explain, get_method,
                    resolve_layer)
-from .metrics import Curve, SanityCheck, deletion, insertion, sanity_check, spearman
+from .batch import BatchItem, contact_sheet, explain_many, map_statistics
+from .metrics import (Confidence, Curve, Road, SanityCheck, average_drop_increase,
+                      confidence_change, deletion, insertion, road, sanity_check, spearman)
 
 
 def methods() -> list[str]:
@@ -43,4 +48,5 @@ sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["explain", "Explanation", "Explainer", "METHODS", "INPUT", "methods", "get_method",
            "auto_layer", "resolve_layer", "deletion", "insertion", "sanity_check", "spearman",
-           "Curve", "SanityCheck"]
+           "Curve", "SanityCheck", "explain_many", "BatchItem", "map_statistics", "contact_sheet",
+           "road", "Road", "confidence_change", "Confidence", "average_drop_increase"]

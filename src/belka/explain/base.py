@@ -834,7 +834,8 @@ def get_method(name: str | type[Explainer]) -> type[Explainer]:
     """The :class:`Explainer` subclass for a method name ("gradcam", "Grad-CAM++", "ig")."""
     if isinstance(name, type) and issubclass(name, Explainer):
         return name
-    from . import cam, gradients, perturbation  # noqa: F401  (they register the methods)
+    from . import (ablation, attribution, cam, fullgrad, fused, gradients, guided,  # noqa: F401
+                   lime, perturbation)  # (they register the methods)
 
     key = _key(str(name))
     if key not in _ALIASES:
