@@ -72,21 +72,24 @@ def style_command(content, style_image, out_path, size, steps, style_weight, see
                   as_json, model_name, weights):
     """Paint CONTENT in the style of STYLE (neural style transfer, offline, on the model).
 
+    STYLE is a picture file, or the name of a built-in pattern: strokes (brush strokes) or
+    mosaic (stained glass).
+
     The style is taken from early and middle layers (their Gram matrices), the content from
     a deeper one; docs/pictures.md shows the choices. The result keeps CONTENT's aspect ratio.
 
     \b
     Examples:
-      belka style squirrel.jpg strokes.png -o painted.png
-      belka style squirrel.jpg mosaic.png -o big.png --size 1024 --steps 160
-      belka style squirrel.jpg strokes.png -o soft.png --style-weight 3 --seed 7
+      belka style squirrel.jpg strokes -o painted.png
+      belka style squirrel.jpg mosaic -o big.png --size 1024 --steps 160
+      belka style squirrel.jpg painting.jpg -o soft.png --style-weight 3 --seed 7
     """
     from .. import images
     from ..optimize import style
 
     model = load_model(model_name, weights)
     content_rgb = images.decode(content)
-    style_rgb = images.decode(style_image)
+    style_rgb = _style_source(style_image)
     with _bar("painting") as progress:
         result = style(content_rgb, style_rgb, model=model, size=size, steps=steps,
                        style_weight=style_weight, seed=seed, multiscale=not single_scale,
@@ -100,6 +103,19 @@ def style_command(content, style_image, out_path, size, steps, style_weight, see
                f"{result.style_loss_start:.3g} -> {result.style_loss:.3g} "
                f"({result.style_gain:.1f}x lower), content cosine {result.content_cosine:.2f}; "
                f"{result.steps} steps at {sizes} in {result.seconds:.1f} s")
+
+
+def _style_source(text: str):
+    """A style picture: a file, or a built-in pattern's name (strokes, mosaic) when no such
+    file exists."""
+    import os
+
+    from .. import images
+    from ..optimize.patterns import NAMES, pattern
+
+    if text in NAMES and not os.path.exists(text):
+        return pattern(text)
+    return images.decode(text)
 
 
 def parse_channels(text: str) -> list[int]:
