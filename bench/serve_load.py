@@ -130,7 +130,7 @@ class Attacker:
     def _run(self) -> None:
         name, body, mime = self.photo
         with httpx.Client(base_url=self.url, timeout=120, trust_env=False) as http:
-            while not self.stop.is_set():
+            while not (self.stop.is_set() or STOP.is_set()):
                 try:
                     r = http.post("/api/v1/check", files={"file": ("bomb.png", self.bomb, "image/png")})
                     self._note("bomb png", r.status_code, {200, 503})
@@ -249,6 +249,7 @@ def main() -> int:
             print(f"  {line}")
         return 1 if errors else 0
     finally:
+        STOP.set()
         live.stop(timeout=20)
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -258,6 +259,9 @@ def hwm_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+STOP = threading.Event()  # set on the way out (Ctrl-C included): clients stop issuing
 
 
 def run_phase(args, url, photos, check_path, server, hostile: bool, sample) -> dict:
@@ -312,7 +316,8 @@ def run_phase(args, url, photos, check_path, server, hostile: bool, sample) -> d
         with httpx.Client(base_url=url, timeout=args.timeout, trust_env=False) as client:
             while True:
                 with lock:
-                    if issued >= args.requests or time.perf_counter() - started > args.max_seconds:
+                    if (STOP.is_set() or issued >= args.requests
+                            or time.perf_counter() - started > args.max_seconds):
                         return
                     i = issued
                     issued += 1
@@ -338,8 +343,13 @@ def run_phase(args, url, photos, check_path, server, hostile: bool, sample) -> d
                for k in range(args.clients)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)  # in slices, so Ctrl-C reaches the main thread
+    except KeyboardInterrupt:
+        STOP.set()
+        raise
     wall = time.perf_counter() - started
     if attacker:
         attacker.join()
