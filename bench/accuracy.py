@@ -24,7 +24,7 @@ from belka.scan import scan
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {"squirrel": [335], "cat": [281, 282, 283, 284, 285]}
-THRESHOLDS = (0.005, 0.01, 0.02, DEFAULT_THRESHOLD, 0.1, 0.2, 0.5)
+THRESHOLDS = tuple(sorted({0.005, 0.01, 0.02, 0.05, DEFAULT_THRESHOLD, 0.2, 0.5}))
 
 
 def manifest_labels(photos: Path) -> dict[str, list[int]]:
