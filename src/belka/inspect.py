@@ -98,7 +98,9 @@ def layers(model: ModelLike) -> list[Layer]:
 
 def get_layer(model: ModelLike, key: LayerKey) -> Layer:
     """A layer by name (``"block_12_expand"``) or index (``100``, ``-1``; a string of digits
-    counts as an index unless a layer has that name).
+    counts as an index unless a layer has that name); a nested module by its dotted path
+    (``"features.3.conv"``, as ``belka summary --depth N`` lists it; its index is that of the
+    layer it belongs to).
 
     Raises :class:`ModelError` for an unknown name (listing close matches) or an index out of range.
     """
@@ -106,6 +108,11 @@ def get_layer(model: ModelLike, key: LayerKey) -> Layer:
     by_name = {layer.name: layer for layer in all_layers}
     if isinstance(key, str) and key in by_name:
         return by_name[key]
+    if isinstance(key, str) and "." in key:            # a nested module by its dotted path
+        nested = dict(_module(model).named_modules())
+        if key in nested:
+            top = by_name.get(key.split(".")[0])
+            return Layer(top.index if top is not None else -1, key, nested[key])
     if isinstance(key, str) and key.isascii() and key.lstrip("-").isdigit():
         key = int(key)
     if isinstance(key, int) and not isinstance(key, bool):
@@ -129,12 +136,18 @@ def _unknown_layer(model: ModelLike, name: str, names: Sequence[str]) -> str:
     return f"{_model_name(model)} has no layer {name!r}.{hint} ({listing})"
 
 
-def find_layers(model: ModelLike, query: str | None = None) -> list[Layer]:
+def find_layers(model: ModelLike, query: str | None = None, depth: int = 1) -> list[Layer]:
     """The layers whose name contains ``query`` (case-insensitive); all of them for None.
+    ``depth`` > 1 also searches nested modules down to that depth (dotted names).
 
     Raises :class:`ModelError`, listing close matches, when none does.
     """
     all_layers = layers(model)
+    if depth > 1:
+        index = {layer.name: layer.index for layer in all_layers}
+        all_layers = [Layer(index.get(name.split(".")[0], -1), name, sub)
+                      for name, sub in _module(model).named_modules()
+                      if name and name.count(".") < depth]
     found = [layer for layer in all_layers if not query or query.lower() in layer.name.lower()]
     if not found:
         names = [layer.name for layer in all_layers]
@@ -185,6 +198,18 @@ class LayerRow:
         return self.params - self.trainable_params
 
 
+@dataclass(frozen=True)
+class ModuleRow(LayerRow):
+    """A row of a nested summary (:func:`summarize` with ``depth``): any module, named by its
+    dotted path (``features.3.conv``), ``depth`` levels below the model (1: a direct child).
+    ``kernel`` is a convolution's or pooling's kernel size (None for other modules); ``macs``
+    and ``params`` count the module's whole subtree; ``index`` is the index of the direct child
+    it belongs to."""
+
+    depth: int = 1
+    kernel: tuple[int, ...] | None = None
+
+
 @dataclass(frozen=True, repr=False)
 class Summary:
     """Everything :func:`summarize` measured; ``to_table()`` (also ``str()``) and ``to_json()``
@@ -197,24 +222,29 @@ class Summary:
     trainable_params: int
     param_bytes: int
     trainable_param_bytes: int
+    depth: int | None = None          # None: one row per layer (Keras); N: nested modules to N
 
     @property
     def non_trainable_params(self) -> int:
         return self.total_params - self.trainable_params
 
+    def _top(self) -> list[LayerRow]:
+        return [r for r in self.rows if getattr(r, "depth", 1) <= 1]
+
     @property
     def macs(self) -> int:
         """Multiply-adds of one forward pass of one image."""
-        return sum(row.macs for row in self.rows)
+        return sum(row.macs for row in self._top())
 
     @property
     def activation_bytes(self) -> int:
         """The input plus every layer's output for one image: what a forward pass that keeps
         all activations (as training or a gradient method does) holds at once."""
-        return sum(row.activation_bytes for row in self.rows)
+        return sum(row.activation_bytes for row in self._top())
 
     def to_dict(self) -> dict:
-        return {
+        extra = {} if self.depth is None else {"depth": self.depth}
+        return {**extra,
             "model": self.model,
             "input_shape": list(self.input_shape),
             "layout": "NCHW",
@@ -248,18 +278,25 @@ class _Record:
 
 
 def summarize(model: ModelLike, input_size: int | tuple[int, int] | None = None, *,
-              in_channels: int = 3) -> Summary:
+              in_channels: int = 3, depth: int | None = None) -> Summary:
     """Measure every layer for one image: output shape, parameters, multiply-adds, memory.
 
     Runs the network once on a "meta" tensor (shapes only: no arithmetic, no weights needed),
     falling back to a zero image on the model's device if some layer cannot run on meta.
     ``input_size`` defaults to the model's preprocessing size (224 for a bare module).
+
+    ``depth`` (torchinfo's view): one row for every module down to that many levels below the
+    model, named by its dotted path, in the order the modules first run (a parent before its
+    children), as :class:`ModuleRow` with the kernel size; ``None`` (default) gives one row per
+    direct child, as Keras does.
     """
     module = _module(model)
     if input_size is None:
         input_size = getattr(getattr(model, "preprocessing", None), "size", 224)
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     shape = (1, in_channels, h, w)
+    if depth is not None:
+        return _summarize_nested(model, module, shape, int(depth))
 
     try:
         records, order = _probe(module, shape, meta=True)
@@ -284,6 +321,95 @@ def summarize(model: ModelLike, input_size: int | tuple[int, int] | None = None,
                           if p.requires_grad)
     return Summary(_model_name(model), shape, tuple(rows), total, trainable, total_bytes,
                    trainable_bytes)
+
+
+def _depth_of(name: str) -> int:
+    return name.count(".") + 1
+
+
+def _kernel(module: nn.Module) -> tuple[int, ...] | None:
+    size = getattr(module, "kernel_size", None)
+    if size is None:
+        return None
+    return tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
+
+
+def _summarize_nested(model: ModelLike, module: nn.Module, shape: tuple[int, ...],
+                      depth: int) -> Summary:
+    if depth < 1:
+        raise UsageError(f"depth must be at least 1, got {depth}")
+    named = [(n, m) for n, m in module.named_modules() if n and _depth_of(n) <= depth]
+    records = {n: _Record() for n, _ in named}
+    leaf_macs: dict[str, int] = {}
+    order: list[str] = []
+    handles = []
+
+    def before(name: str):
+        def hook(_module, _inputs):
+            if name not in order:
+                order.append(name)
+        return hook
+
+    def after(name: str):
+        def hook(_module, _inputs, output):
+            record = records[name]
+            if not record.ran:
+                record.ran, record.output = True, output
+        return hook
+
+    def count(name: str):
+        def hook(sub, inputs, output):
+            leaf_macs[name] = leaf_macs.get(name, 0) + _macs(sub, inputs, output)
+        return hook
+
+    def run(meta: bool) -> None:
+        if meta:
+            state = {k: torch.empty_like(v, device="meta")
+                     for k, v in (*module.named_parameters(), *module.named_buffers())}
+            with torch.no_grad():
+                torch.func.functional_call(module, state, (torch.zeros(shape, device="meta"),))
+        else:
+            with torch.inference_mode():
+                module(torch.zeros(shape, device=_device(module)))
+
+    try:
+        for name, sub in named:
+            handles.append(sub.register_forward_pre_hook(before(name)))
+            handles.append(sub.register_forward_hook(after(name)))
+        for name, sub in module.named_modules():
+            if name and isinstance(sub, (*_CONVS, *_TRANSPOSED_CONVS, nn.Linear)):
+                handles.append(sub.register_forward_hook(count(name)))
+        try:
+            run(meta=True)
+        except (NotImplementedError, RuntimeError):
+            order.clear()
+            leaf_macs.clear()
+            records = {n: _Record() for n, _ in named}
+            run(meta=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    modules = dict(named)
+    top_index = {name: i for i, (name, _) in enumerate(module.named_children())}
+    dtype = next((p.dtype for p in module.parameters()), torch.float32)
+    rows: list[LayerRow] = [ModuleRow(None, "input_1", "InputLayer", (None, *shape[1:]), 0, 0, 0,
+                                      math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
+                                      depth=0)]
+    for name in order + [n for n, _ in named if n not in order]:
+        sub, record = modules[name], records[name]
+        params, trainable = _count_params(sub)
+        macs = sum(v for k, v in leaf_macs.items() if k == name or k.startswith(name + "."))
+        rows.append(ModuleRow(top_index.get(name.split(".")[0]), name, type(sub).__name__,
+                              _shape_of(record.output), params, trainable, macs,
+                              _bytes_of(record.output), depth=_depth_of(name),
+                              kernel=_kernel(sub)))
+    total, trainable = _count_params(module)
+    total_bytes = sum(t.numel() * t.element_size() for t in _counted_tensors(module))
+    trainable_bytes = sum(p.numel() * p.element_size() for p in module.parameters()
+                          if p.requires_grad)
+    return Summary(_model_name(model), shape, tuple(rows), total, trainable, total_bytes,
+                   trainable_bytes, depth=depth)
 
 
 def _probe(module: nn.Module, shape: tuple[int, ...], *, meta: bool
@@ -398,15 +524,35 @@ def format_shape(shape: Any) -> str:
 
 
 def _format_table(summary: Summary) -> str:
-    header = ("Layer (type)", "Output Shape", "Param #", "MACs", "Memory")
-    body = [(f"{r.name} ({r.type})", format_shape(r.output_shape), f"{r.params:,}",
-             _count(r.macs) if r.macs else "-", _bytes(r.activation_bytes))
-            for r in summary.rows]
+    if summary.depth is None:
+        header = ("Layer (type)", "Output Shape", "Param #", "MACs", "Memory")
+        body = [(f"{r.name} ({r.type})", format_shape(r.output_shape), f"{r.params:,}",
+                 _count(r.macs) if r.macs else "-", _bytes(r.activation_bytes))
+                for r in summary.rows]
+        left_cols = 2
+    else:
+        header = ("Layer (type)", "Output Shape", "Kernel", "Param #", "Param %", "MACs",
+                  "Memory")
+        total = max(1, summary.total_params)
+
+        def kernel(r) -> str:
+            return "x".join(map(str, r.kernel)) if getattr(r, "kernel", None) else "-"
+
+        def label(r) -> str:
+            level = getattr(r, "depth", 1)
+            own = r.name.rsplit(".", 1)[-1] if level > 1 else r.name
+            return "  " * max(0, level - 1) + f"{own} ({r.type})"
+
+        body = [(label(r), format_shape(r.output_shape), kernel(r), f"{r.params:,}",
+                 f"{100.0 * r.params / total:.2f}%" if r.params else "-",
+                 _count(r.macs) if r.macs else "-", _bytes(r.activation_bytes))
+                for r in summary.rows]
+        left_cols = 3
     widths = [max(len(cells[i]) for cells in (header, *body)) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
-        left = [c.ljust(wd) for c, wd in zip(cells[:2], widths)]
-        right = [c.rjust(wd) for c, wd in zip(cells[2:], widths[2:])]
+        left = [c.ljust(wd) for c, wd in zip(cells[:left_cols], widths)]
+        right = [c.rjust(wd) for c, wd in zip(cells[left_cols:], widths[left_cols:])]
         return " " + "   ".join(left + right)
 
     width = len(line(header)) + 1
@@ -469,7 +615,7 @@ def activations(model: ModelLike, image: "ImageLike | torch.Tensor",
     x = _as_input(model, image, resize)
 
     found: dict[str, Any] = {}
-    children = dict(module.named_children())
+    children = dict(module.named_modules())
 
     def keep(name: str):
         def hook(_module, _inputs, output):

@@ -25,12 +25,16 @@ def _architecture(model_name: str):
 @MODEL_OPTION
 @click.option("--input-size", type=click.IntRange(16, 4096), default=None, metavar="PIXELS",
               help="square input side [default: the model's own, 224]")
+@click.option("--depth", type=click.IntRange(1, 32), default=None, metavar="N",
+              help="nested modules down to N levels, named by dotted path (torchinfo's view), "
+                   "with kernel size and parameter share columns [default: one row per layer, "
+                   "as Keras]")
 @click.option("--json", "as_json", is_flag=True,
               help='one JSON object: {"model", "input_shape", "layout", "layers": [{"index", '
                    '"name", "type", "output_shape", "params", "trainable_params", "macs", '
-                   '"activation_bytes"}], "total_params", "trainable_params", '
-                   '"non_trainable_params", "macs", "activation_bytes"}')
-def summary_command(model_name, input_size, as_json):
+                   '"activation_bytes"} (with --depth also "depth", "kernel")], "total_params", '
+                   '"trainable_params", "non_trainable_params", "macs", "activation_bytes"}')
+def summary_command(model_name, input_size, depth, as_json):
     """Keras-style table of a model: one row per layer in execution order with its type, output
     shape, parameters, multiply-adds and output memory; totals at the bottom.
 
@@ -43,19 +47,23 @@ def summary_command(model_name, input_size, as_json):
       belka summary
       belka summary --model mobilenet_v2
       belka summary --model mobilenet_v2 --json | jq '.layers[] | select(.macs > 2e7) | .name'
+      belka summary --depth 2
     """
     from ..inspect import summarize
 
-    result = summarize(_architecture(model_name), input_size)
+    result = summarize(_architecture(model_name), input_size, depth=depth)
     click.echo(result.to_json() if as_json else result.to_table())
 
 
 @main.command("layers")
 @click.argument("query", required=False)
 @MODEL_OPTION
+@click.option("--depth", type=click.IntRange(1, 32), default=1, show_default=True, metavar="N",
+              help="also list nested modules down to N levels, by dotted name (usable wherever "
+                   "a layer is named: belka explain --layer, belka activations --layer)")
 @click.option("--json", "as_json", is_flag=True,
               help='JSON lines: {"index", "name", "type", "output_shape"}')
-def layers_command(query, model_name, as_json):
+def layers_command(query, model_name, depth, as_json):
     """List a model's layers: index, name, type and output shape (for one image).
 
     QUERY keeps the layers whose name contains it (case-insensitive). The index or the name
@@ -65,12 +73,14 @@ def layers_command(query, model_name, as_json):
     Examples:
       belka layers
       belka layers --model mobilenet_v2 block_12
+      belka layers --depth 3 conv
     """
     from ..inspect import find_layers, format_shape, summarize
 
     model = _architecture(model_name)
-    wanted = {layer.name for layer in find_layers(model, query)}
-    rows = [r for r in summarize(model).rows[1:] if r.name in wanted]
+    wanted = {layer.name for layer in find_layers(model, query, depth)}
+    rows = [r for r in summarize(model, depth=None if depth == 1 else depth).rows[1:]
+            if r.name in wanted]
     width = max(len(r.name) for r in rows)
     for r in rows:
         if as_json:
