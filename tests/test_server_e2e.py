@@ -396,3 +396,61 @@ def test_lab_two_kernel_filters_divergence_and_phone_width(tab, server, cat_jpeg
         assert_fits_phone(page)
     shot(page, f"lab-{'phone' if viewport is PHONE else 'desktop'}")
     tab.assert_no_js_errors()
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_explain_page_clears_stale_results_and_says_cancelled(tab, server, cat_jpeg, viewport):
+    page = tab.page
+    page.set_viewport_size(viewport)
+    page.goto(server.live.url + "/explain")
+    # Only layers an explanation accepts are offered; input-level methods have no layer.
+    offered = page.eval_on_selector_all("#layer option", "os => os.map(o => o.value)")
+    assert "avg_pool" not in offered and "predictions" not in offered and "top_conv" in offered
+    page.select_option("#method", "saliency")
+    expect(page.locator("#layer")).to_be_disabled()
+    page.select_option("#method", "gradcam")
+    expect(page.locator("#layer")).to_be_enabled()
+    page.set_input_files("#file", str(cat_jpeg))
+    page.click("#explain-form button[type=submit]")
+    expect(page.locator("#explanation")).to_be_visible(timeout=TIMEOUT_MS)
+    wait_image_loaded(page, "#overlay")
+    # A new photo: the old picture goes at once.
+    page.set_input_files("#file", {"name": "other.jpg", "mimeType": "image/jpeg",
+                                   "buffer": cat_jpeg.read_bytes()})
+    expect(page.locator("#explanation")).to_be_hidden()
+    # A slow method, cancelled: said as a status, not shown as an error, no stale picture.
+    page.select_option("#method", "scorecam")
+    page.click("#explain-form button[type=submit]")
+    expect(page.locator("#cancel")).to_be_visible()
+    page.click("#cancel")
+    expect(page.locator("#status")).to_contain_text("Cancelled", timeout=TIMEOUT_MS)
+    expect(page.locator("#error")).to_be_hidden()
+    expect(page.locator("#explanation")).to_be_hidden()
+    if viewport is PHONE:
+        assert_fits_phone(page)
+    tab.assert_no_js_errors()
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_a_gallery_thumbnail_opens_the_photo_its_verdict_and_heat_map(tab, server, squirrel,
+                                                                       viewport):
+    page = tab.page
+    page.set_viewport_size(viewport)
+    stored = server.api.post("/api/v1/uploads", files={"file": (
+        squirrel.name, squirrel.read_bytes(), "image/jpeg")}).json()
+    page.goto(server.live.url + "/gallery")
+    card = page.locator(f'#gallery figure.card[data-id="{stored["id"]}"]')
+    card.locator("button.thumb").click()
+    viewer = page.locator("#viewer")
+    expect(viewer).to_be_visible()
+    expect(page.locator("#viewer-verdict")).to_contain_text("Accepted as a squirrel")
+    expect(page.locator("#viewer-top5 li").first).to_contain_text("fox squirrel")
+    assert wait_image_loaded(page, "#viewer-photo") > 0
+    assert wait_image_loaded(page, "#viewer-heat") > 0
+    expect(page.locator("#viewer-heat-caption")).to_contain_text("where the model saw")
+    if viewport is PHONE:
+        assert_fits_phone(page)
+    shot(page, f"gallery-viewer-{'phone' if viewport is PHONE else 'desktop'}")
+    page.click("#viewer-close")
+    expect(viewer).to_be_hidden()
+    tab.assert_no_js_errors()

@@ -32,5 +32,15 @@ async def gallery_page(request: Request):
 
 @router.get("/explain", response_class=HTMLResponse)
 async def explain_page(request: Request):
+    from ..explain import METHODS
+    from ..explain.base import layer_shapes
+
     service = request.app.state.service
-    return render(request, "explain.html", page="explain", layers=service.model.layer_names)
+    # Only the layers an explanation can use: those with a C x H x W feature map (the pooled
+    # vector and the class scores are refused by every layer method).
+    shapes = dict(layer_shapes(service.model))
+    layers = [name for name in service.model.layer_names
+              if shapes.get(name) is not None and len(shapes[name]) == 4]
+    methods = [{"name": name, "title": cls.title or name, "slow": cls.slow,
+                "uses_layer": cls.uses_layer} for name, cls in METHODS.items()]
+    return render(request, "explain.html", page="explain", layers=layers, methods=methods)

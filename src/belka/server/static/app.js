@@ -176,6 +176,12 @@ function galleryPage() {
       img.src = `${item.image_url}?thumbnail=true`;
       img.alt = item.filename;
       img.loading = "lazy";
+      const open = document.createElement("button");
+      open.type = "button";
+      open.className = "thumb";
+      open.title = "open the full photo, its verdict and where the model looked";
+      open.appendChild(img);
+      open.addEventListener("click", () => view(item));
       const caption = document.createElement("figcaption");
       caption.textContent = `#${item.id} ${item.predictions[0] ? item.predictions[0].label : ""} · ${item.verdict}`;
       const del = document.createElement("button");
@@ -213,7 +219,7 @@ function galleryPage() {
         if (body.items.length === 1 && offset > 0) offset -= limit;
         load();
       });
-      card.append(img, caption, del, keep);
+      card.append(open, caption, del, keep);
       grid.appendChild(card);
     }
     const pages = Math.max(1, Math.ceil(body.total / limit));
@@ -221,6 +227,37 @@ function galleryPage() {
     $("#prev").disabled = offset === 0;
     $("#next").disabled = offset + limit >= body.total;
   }
+  // The viewer: the stored photo at full size, the verdict stored with it, its top-5, and a
+  // heat map of the class that decided (computed now, on the stored bytes).
+  async function view(item) {
+    const dialog = $("#viewer");
+    $("#viewer-photo").src = item.image_url;
+    $("#viewer-photo").alt = item.filename;
+    $("#viewer-title").textContent = `#${item.id} · ${item.filename}`;
+    const accepted = item.verdict === "accept";
+    $("#viewer-verdict").textContent = accepted
+      ? `Accepted as a ${item.allowed}: score ${item.score.toFixed(3)}.`
+      : `Stored with a warning: not a ${item.allowed} (score ${item.score.toFixed(3)}).`;
+    $("#viewer-verdict").className = `verdict ${item.verdict}`;
+    const list = $("#viewer-top5");
+    list.innerHTML = "";
+    for (const p of item.predictions.slice(0, 5)) {
+      const li = document.createElement("li");
+      li.textContent = `${p.label} ${(p.probability * 100).toFixed(1)}%`;
+      list.appendChild(li);
+    }
+    $("#viewer-heat").removeAttribute("src");
+    $("#viewer-heat-caption").textContent = "where the model looked: working…";
+    dialog.showModal();
+    const photo = await fetch(item.image_url).then((r) => (r.ok ? r.blob() : null), () => null);
+    if (!photo || !dialog.open) return;
+    const { ok, body } = await api("/api/v1/check", { method: "POST", body: formWith(new File([photo], item.filename)) });
+    if (!dialog.open) return;
+    if (!ok || !body.heatmap) { $("#viewer-heat-caption").textContent = "where the model looked: not available"; return; }
+    $("#viewer-heat").src = body.heatmap.overlay_url;
+    $("#viewer-heat-caption").textContent = `where the model saw “${body.heatmap.label}”`;
+  }
+  $("#viewer-close").addEventListener("click", () => $("#viewer").close());
   $("#prev").addEventListener("click", () => { offset = Math.max(0, offset - limit); load(); });
   $("#next").addEventListener("click", () => { offset += limit; load(); });
   load();
@@ -229,14 +266,37 @@ function galleryPage() {
 // ---- Explain page ------------------------------------------------------------------------
 function explainPage() {
   let jobId = null;
+  const status = (text) => { $("#status").textContent = text; };
+  // A new photo, method or class makes the last picture stale: it goes away at once.
+  const clearResult = () => {
+    $("#explanation").hidden = true;
+    $("#overlay").removeAttribute("src");
+    $("#heat").removeAttribute("src");
+    $("#explain-caption").textContent = "";
+  };
+  // Input-level methods (saliency, occlusion, LIME...) have no layer to choose.
+  const syncLayer = () => {
+    const usesLayer = $("#method").selectedOptions[0]?.dataset.usesLayer !== "no";
+    $("#layer").disabled = !usesLayer;
+    $("#layer").title = usesLayer ? "" : "this method explains the input pixels, not a layer";
+  };
+  for (const el of ["#file", "#upload-id", "#method", "#layer", "#class"]) {
+    $(el).addEventListener("change", () => { clearResult(); status(""); showError(""); });
+  }
+  $("#method").addEventListener("change", syncLayer);
+  syncLayer();
   $("#cancel").addEventListener("click", async () => {
-    if (jobId) await api(`/api/v1/jobs/${jobId}`, { method: "DELETE" });
+    if (jobId) {
+      status("Cancelling…");
+      await api(`/api/v1/jobs/${jobId}`, { method: "DELETE" });
+    }
   });
   const submit = $("#explain-form button[type=submit]");
   $("#explain-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     if (submit.disabled) return;  // one explanation at a time
     showError("");
+    clearResult();
     submit.disabled = true;
     try {
       await explain();
@@ -258,35 +318,59 @@ function explainPage() {
     }
     if (!file) { showError("Pick a photo or give a stored upload id."); return; }
     const fields = {
-      method: $("#method").value, layer: $("#layer").value, class: $("#class").value,
-      background: "true",
+      method: $("#method").value, layer: $("#layer").disabled ? "" : $("#layer").value,
+      class: $("#class").value, background: "true",
     };
+    status("Working…");
     const started = await api("/api/v1/explain", { method: "POST", body: formWith(file, fields) });
-    if (!started.ok) { showError(started.body ? started.body.detail : "Explain failed."); return; }
+    if (!started.ok) { status(""); showError(started.body ? started.body.detail : "Explain failed."); return; }
     jobId = started.body.id;
     $("#progress").hidden = false;
+    $("#progress").removeAttribute("value");
     $("#cancel").hidden = false;
     for (;;) {
       await new Promise((r) => setTimeout(r, 300));
       const { ok, body } = await api(`/api/v1/jobs/${jobId}`);
-      if (!ok) { showError(body ? body.detail : "Lost track of the job."); break; }
+      if (!ok) { status(""); showError(body ? body.detail : "Lost track of the job."); break; }
       if (body.total) { $("#progress").max = body.total; $("#progress").value = body.done; }
       if (body.status === "done") {
         const answer = await api(body.result_url);
-        if (!answer.ok) { showError(answer.body ? answer.body.detail : "Explain failed."); break; }
+        if (!answer.ok) { status(""); showError(answer.body ? answer.body.detail : "Explain failed."); break; }
         const result = answer.body;
         $("#overlay").src = result.overlay_url;
         $("#heat").src = result.heatmap_url;
         $("#explain-caption").textContent = `${result.method} at ${result.layer} for “${result.label}” (${(result.probability * 100).toFixed(1)}%)`;
         $("#explanation").hidden = false;
+        status("");
         break;
       }
-      if (body.status === "failed" || body.status === "cancelled") {
-        showError(body.status === "failed" ? body.error : "Cancelled.");
-        break;
-      }
+      if (body.status === "cancelled") { status("Cancelled: nothing was computed past that point."); break; }
+      if (body.status === "failed") { status(""); showError(body.error); break; }
     }
   }
 }
 
+// Any .dropzone[data-drop="#input"] takes a dropped file into its input (the Upload page has
+// its own, which also starts the check).
+function dropZones() {
+  for (const zone of document.querySelectorAll(".dropzone[data-drop]")) {
+    const input = document.querySelector(zone.dataset.drop);
+    const name = document.createElement("span");
+    name.className = "chosen";
+    zone.appendChild(name);
+    const show = () => { name.textContent = input.files[0] ? input.files[0].name : ""; };
+    input.addEventListener("change", show);
+    zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    zone.addEventListener("drop", (e) => {
+      e.preventDefault();
+      zone.classList.remove("over");
+      if (!e.dataTransfer.files.length) return;
+      input.files = e.dataTransfer.files;
+      input.dispatchEvent(new Event("change", { bubbles: true }));
+    });
+  }
+}
+
+dropZones();
 ({ upload: uploadPage, gallery: galleryPage, explain: explainPage })[document.body.dataset.page]?.();
