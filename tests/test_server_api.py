@@ -315,3 +315,26 @@ def test_concurrent_mixed_requests_match_serial_answers(client, cat):
     for name, (upload_id,) in upload_ids.items():
         r = client.get(f"/api/v1/uploads/{upload_id}/image")
         assert r.status_code == 200 and r.content == images[name], name
+
+
+def test_a_tile_that_decided_is_what_the_heat_map_explains(tmp_path, model, photos_dir):
+    """The Upload page said "Looks like a squirrel" over a heat map of the whole park-bench
+    photo: when a tile decided, the heat map is of that tile, in its box, and its probability
+    is the gate's score for it."""
+    config = ServerConfig(data_dir=tmp_path / "data", allow="squirrel", workers=2)
+    data = (photos_dir / "squirrel" / "cjmcdd_squirrel1.jpg").read_bytes()
+    with TestClient(create_app(config, model=model)) as c:
+        body = c.post("/api/v1/check", files=files(data)).json()
+        assert body["verdict"] == "accept" and body["tile"] is not None
+        assert body["predictions"][0]["label"] == "park bench"   # the whole photo's top guess
+        heat = body["heatmap"]
+        assert heat["tile"] == body["tile"]
+        assert heat["probability"] == pytest.approx(body["score"], abs=1e-4)
+        overlay = Image.open(io.BytesIO(c.get(heat["overlay_url"]).content))
+        grey = np.asarray(Image.open(io.BytesIO(c.get(heat["heatmap_url"]).content)))
+    x0, y0, x1, y1 = heat["tile"]
+    scale = overlay.size[0] / 1024  # the photo is 1024 px wide; drawn at most 1024
+    inside = grey[int(y0 * scale) + 4:int(y1 * scale) - 4, int(x0 * scale) + 4:int(x1 * scale) - 4]
+    outside = grey.copy()
+    outside[int(y0 * scale):int(y1 * scale), int(x0 * scale):int(x1 * scale)] = 0
+    assert inside.max() >= 250 and outside.max() == 0

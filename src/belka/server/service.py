@@ -216,38 +216,63 @@ class Service:
             for p in result.predictions:
                 probs[p.index] = p.probability
             target = result.predictions[0].index
-            if result.accepted:
+            box = None
+            if result.accepted and result.tile is not None:
+                # A tile decided: explain that tile, for what the gate scored on it (the
+                # allowed classes together), drawn in its box on the photo.
+                target, box = list(gate.allow_indices), result.tile
+            elif result.accepted:
                 target = max(gate.allow_indices, key=lambda i: probs[i])
-            out["heatmap"] = self.explain(image, method=self.config.explain_method, target=target)
+            out["heatmap"] = self.explain(image, method=self.config.explain_method, target=target,
+                                          box=box)
         return out
 
     def explain(self, image: np.ndarray, *, method: str = "gradcam", layer: str | None = None,
-                target: str | int | None = None, job=None) -> dict:
-        """A heat map and overlay of ``image``. The model sees the photo as every other path
-        does (the same input tensor, so the same numbers); the pictures are drawn on a copy at
-        most DISPLAY_SIDE px on its longer side, so a huge photo costs no more than a big one."""
+                target: str | int | list[int] | None = None, job=None, box=None) -> dict:
+        """A heat map and overlay of ``image`` (or, with ``box``, of that tile of it, as the gate
+        saw it, drawn in its box). The model sees the photo as every other path does (the same
+        input tensor, so the same numbers); the pictures are drawn on a copy at most
+        DISPLAY_SIDE px on its longer side, so a huge photo costs no more than a big one."""
         from ..explain import explain
         from ..explain.base import geometry, heatmap_on_image
         from ..explain.render import overlay as draw_overlay
+        from ..tiling import Box, crop_resized, place_heatmap
 
         prep = self.model.preprocessing
-        x = prep([image])
+        if box is None:
+            x = prep([image])
+        else:
+            x = prep.normalize(crop_resized(image, box, prep.size)[np.newaxis].copy())
         # A job's progress(done, total) callback also stops the work when it is cancelled.
         # Never on the shared model: its hooks would catch other threads' forward passes.
         with self.explain_models.borrow() as model:
             exp = explain(model, x[0], target=target, method=method, layer=layer,
                           progress=job.progress if job is not None else False)
         shown = display_copy(image)
-        geo = geometry(image.shape[0], image.shape[1], prep.size, prep.policy, prep.crop_fraction)
         sy, sx = image.shape[0] / shown.shape[0], image.shape[1] / shown.shape[1]
-        geo = type(geo)(shown.shape[0], shown.shape[1], geo.size, geo.scale_y * sy,
-                        geo.scale_x * sx, geo.offset_y, geo.offset_x)
-        heatmap = heatmap_on_image(exp.raw, geo)
-        overlay = draw_overlay(shown, heatmap).convert("RGB")
+        if box is None:
+            geo = geometry(image.shape[0], image.shape[1], prep.size, prep.policy,
+                           prep.crop_fraction)
+            geo = type(geo)(shown.shape[0], shown.shape[1], geo.size, geo.scale_y * sy,
+                            geo.scale_x * sx, geo.offset_y, geo.offset_x)
+            heatmap = heatmap_on_image(exp.raw, geo)
+        else:
+            shown_box = Box(int(box.x0 / sx), int(box.y0 / sy), max(int(box.x0 / sx) + 1,
+                            round(box.x1 / sx)), max(int(box.y0 / sy) + 1, round(box.y1 / sy)))
+            heatmap = place_heatmap(exp.heatmap, shown_box, shown.shape)
+        picture = draw_overlay(shown, heatmap).convert("RGB")
+        if box is not None:
+            from PIL import ImageDraw
+
+            width = max(2, round(max(shown.shape[:2]) / 200))
+            ImageDraw.Draw(picture).rectangle(
+                [shown_box.x0, shown_box.y0, shown_box.x1 - 1, shown_box.y1 - 1],
+                outline=(255, 255, 255), width=width)
         heat = Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype(np.uint8))  # grey, "L"
         return {"method": exp.method, "layer": exp.layer, "classes": list(exp.indices),
                 "label": exp.label, "probability": exp.probability, "score": exp.score,
-                "overlay_url": f"/api/v1/png/{self.pngs.put(png(overlay))}",
+                "tile": None if box is None else box.to_list(),
+                "overlay_url": f"/api/v1/png/{self.pngs.put(png(picture))}",
                 "heatmap_url": f"/api/v1/png/{self.pngs.put(png(heat))}"}
 
     def store(self, data: bytes, image: np.ndarray, filename: str, result: dict):
