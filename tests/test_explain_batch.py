@@ -144,3 +144,21 @@ def test_cli_compare_ranks_methods_on_a_labelled_folder(folder, tmp_path):
     shutil.copy(folder / "cat" / "chelsea.jpg", bad / "not a class")
     r = CliRunner().invoke(main, ["explain", "--compare", str(bad)])
     assert r.exit_code == 2 and "names no class" in r.stderr
+
+
+def test_engine_fast_path_equals_pytorch_gradcam(model, folder):
+    """Batches run Grad-CAM at top_activation on the engine (ONNX Runtime: one forward-only run
+    that also returns the feature map); the maps equal PyTorch's autograd Grad-CAM to 1e-5."""
+    from belka.engine import OnnxEngine
+
+    model.engine = OnnxEngine(model)                 # exported once per test session
+    torch_model = belka.load(engine="torch")
+    files = [folder / "cat" / "chelsea.jpg", folder / "other" / "coffee.png",
+             folder / "other" / "chelsea.png"]
+    fast = explain_many(model, files, target=[282, "espresso", None])
+    slow = explain_many(torch_model, files, target=[282, "espresso", None], fast=False)
+    for f, s in zip(fast, slow):
+        f, s = f.explanation, s.explanation
+        assert f.details["fast_path"] and not s.details["fast_path"] and f.indices == s.indices
+        np.testing.assert_allclose(f.raw, s.raw, atol=1e-5 * float(np.abs(s.raw).max()), rtol=0)
+        np.testing.assert_allclose(f.heatmap, s.heatmap, atol=1e-5, rtol=0)
