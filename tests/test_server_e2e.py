@@ -454,3 +454,35 @@ def test_a_gallery_thumbnail_opens_the_photo_its_verdict_and_heat_map(tab, serve
     page.click("#viewer-close")
     expect(viewer).to_be_hidden()
     tab.assert_no_js_errors()
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_upload_page_shows_the_tile_that_decided(tab, server, photos_dir, viewport):
+    """A small squirrel on a park bench: accepted by a tile while the whole photo's top guess
+    is "park bench". The page says so, and draws the tile's box on the photo."""
+    photo = photos_dir / "squirrel" / "cjmcdd_squirrel1.jpg"
+    expected = server.api.post("/api/v1/check?heatmap=false", files={
+        "file": (photo.name, photo.read_bytes(), "image/jpeg")}).json()
+    assert expected["verdict"] == "accept" and expected["tile"]
+    page = tab.page
+    page.set_viewport_size(viewport)
+    choose(page, server, photo)
+    verdict = page.locator("#verdict")
+    expect(verdict).to_have_class(re.compile(r"\baccept\b"), timeout=TIMEOUT_MS)
+    expect(verdict).to_contain_text("the part of the photo in the box scores")
+    expect(verdict).to_contain_text("looks most like park bench")
+    expect(page.locator("#top5-caption")).to_have_text("the whole photo's top 5")
+    frame = page.locator("#preview-box")
+    expect(frame).to_be_visible()
+    wait_image_loaded(page, "#preview")
+    img = page.locator("#preview").bounding_box()
+    box = frame.bounding_box()
+    x0, y0, x1, y1 = expected["tile"]
+    width, height = page.eval_on_selector("#preview", "i => [i.naturalWidth, i.naturalHeight]")
+    assert abs((box["x"] - img["x"]) / img["width"] - x0 / width) < 0.02
+    assert abs((box["y"] - img["y"]) / img["height"] - y0 / height) < 0.02
+    assert abs(box["width"] / img["width"] - (x1 - x0) / width) < 0.02
+    if viewport is PHONE:
+        assert_fits_phone(page)
+    shot(page, f"upload-tile-{'phone' if viewport is PHONE else 'desktop'}")
+    tab.assert_no_js_errors()

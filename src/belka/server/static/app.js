@@ -64,16 +64,32 @@ function uploadPage() {
   $("#store").addEventListener("click", () => store(false));
   $("#store-anyway").addEventListener("click", () => store(true));
 
+  // The verdict in words. When a tile decided (a small squirrel in a big photo), say so, show
+  // its box on the photo and its score: the top-5 below are the whole photo's, and without this
+  // "Looks like a squirrel" above "park bench 42%" reads as a contradiction.
   function showVerdict(body, decidedBy) {
     const accepted = body.verdict === "accept";
     const verdict = $("#verdict");
     const top = body.predictions[0];
+    const box = body.box ?? body.tile ?? null;
+    const pct = (p) => `${(p * 100).toFixed(0)}%`;
     verdict.className = accepted ? "accept" : "warn";
-    verdict.textContent = accepted
-      ? `Looks like a ${body.allowed}.`
-      : `Warning: this does not look like a ${body.allowed}. The model's top guess is ${top.label} (${(top.probability * 100).toFixed(0)}%).`;
+    if (accepted && box) {
+      verdict.textContent = `Looks like a ${body.allowed}: the part of the photo in the box scores ` +
+        `${body.score.toFixed(2)} for ${body.allowed} (${body.threshold} needed). As a whole, ` +
+        `the photo looks most like ${top.label} (${pct(top.probability)}).`;
+    } else if (accepted) {
+      verdict.textContent = `Looks like a ${body.allowed}: the whole photo scores ${body.score.toFixed(2)} ` +
+        `for ${body.allowed} (${body.threshold} needed).`;
+    } else {
+      verdict.textContent = `Warning: this does not look like a ${body.allowed}. The model's top guess is ` +
+        `${top.label} (${pct(top.probability)}); the best part of the photo scores ${body.score.toFixed(3)} ` +
+        `for ${body.allowed}, under the ${body.threshold} needed.`;
+    }
+    showBox(accepted ? box : null);
     $("#decided").textContent = decidedBy;
     $("#top5").innerHTML = "";
+    $("#top5-caption").textContent = box && accepted ? "the whole photo's top 5" : "top 5";
     for (const p of body.predictions) {
       const li = document.createElement("li");
       li.textContent = `${p.label} — ${(p.probability * 100).toFixed(1)}%`;
@@ -81,6 +97,25 @@ function uploadPage() {
     }
     $("#store").hidden = !accepted;
     $("#store-anyway").hidden = accepted;
+  }
+
+  // The deciding tile as a box over the preview, in percent of the photo's own size.
+  function showBox(box) {
+    const frame = $("#preview-box");
+    const img = $("#preview");
+    if (!box) { frame.hidden = true; $("#preview-caption").textContent = "your photo"; return; }
+    const place = () => {
+      const w = img.naturalWidth, h = img.naturalHeight;
+      if (!w || !h) return;
+      const [x0, y0, x1, y1] = box;
+      frame.style.left = `${(100 * x0) / w}%`;
+      frame.style.top = `${(100 * y0) / h}%`;
+      frame.style.width = `${(100 * (x1 - x0)) / w}%`;
+      frame.style.height = `${(100 * (y1 - y0)) / h}%`;
+      frame.hidden = false;
+    };
+    if (img.complete && img.naturalWidth) place(); else img.addEventListener("load", place, { once: true });
+    $("#preview-caption").textContent = "your photo; the box is the part that decided";
   }
 
   function showHeatmap(body) {
