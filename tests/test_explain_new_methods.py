@@ -285,6 +285,8 @@ def test_fused_layercam_is_the_fusion_of_single_layer_layercams(model, chelsea):
             m = np.tanh(2.0 * m) / np.tanh(2.0)
         expected = m if expected is None else np.maximum(expected, m)
     np.testing.assert_allclose(fused.raw, expected, atol=1e-5)
+    again = explain(model, chelsea, target=282, method="layercam-fused", layer=fused.layer)[0]
+    np.testing.assert_allclose(again.raw, fused.raw, atol=1e-6)   # "a+b+c" names it again
     two = explain(model, chelsea, target=282, method="layercam-fused",
                   layer="block6a_expand_activation,top_activation", fuse="mean")[0]
     assert two.layer == "block6a_expand_activation+top_activation"

@@ -55,8 +55,8 @@ def default_layers(model, count: int = 3) -> list[str]:
 def _layer_list(spec) -> list:
     if spec is None:
         return []
-    if isinstance(spec, str):
-        return [s.strip() for s in spec.split(",") if s.strip()]
+    if isinstance(spec, str):             # "a,b,c", or "a+b+c" as Explanation.layer names them
+        return [s.strip() for s in spec.replace("+", ",").split(",") if s.strip()]
     if isinstance(spec, (list, tuple)):
         return list(spec)
     return [spec]
