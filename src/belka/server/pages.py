@@ -41,6 +41,8 @@ async def explain_page(request: Request):
     shapes = dict(layer_shapes(service.model))
     layers = [name for name in service.model.layer_names
               if shapes.get(name) is not None and len(shapes[name]) == 4]
-    methods = [{"name": name, "title": cls.title or name, "slow": cls.slow,
-                "uses_layer": cls.uses_layer} for name, cls in METHODS.items()]
+    # Grad-CAM first (the default: one forward on the engine), the rest as the library lists them.
+    names = sorted(METHODS, key=lambda name: name != "gradcam")
+    methods = [{"name": name, "title": METHODS[name].title or name, "slow": METHODS[name].slow,
+                "uses_layer": METHODS[name].uses_layer} for name in names]
     return render(request, "explain.html", page="explain", layers=layers, methods=methods)
