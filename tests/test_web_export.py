@@ -289,7 +289,12 @@ def test_browser_checks_every_photo_as_belka_check(browser, site, photos_dir, ph
 def test_browser_checks_with_a_head_as_belka_check(browser, site, model, head_file, photos_dir,
                                                     photo_files):
     root, url = site
-    export_web(root / "head", Gate(belka.load(head=str(head_file))))
+    exe = Path(sys.executable).with_name("belka")      # the command, --head and all
+    done = subprocess.run([str(exe), "export", "web", "-o", str(root / "head"),
+                           "--head", str(head_file)], capture_output=True, text=True,
+                          timeout=600, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    assert "head cat, other, squirrel" in done.stdout
     files = photo_files[::8]
     page, errors = open_gate(browser, f"{url}/head/index.html")
     assert page.evaluate("window.belka.labels") == ["cat", "other", "squirrel"]
