@@ -145,18 +145,18 @@ def make_objective(model, *, layer: str | int | None = None, channel: int | None
     return Objective("neuron" if neuron else "channel", name, wanted)
 
 
-def _shape(model, name: str):
-    from ..inspect import summarize
-
-    for row in summarize(model).rows:
-        if row.name == name:
-            return row.output_shape
-    raise UsageError(f"no layer {name!r}")
+def _shape(model, name: str) -> tuple[int, ...]:
+    """The layer's output shape for one small input, from a pass through the taps (no hooks:
+    safe on a model other threads are using)."""
+    device = getattr(model, "device", None) or next(model.module.parameters()).device
+    with torch.no_grad():
+        out = Taps(model, [name])(torch.zeros(1, 3, 64, 64, device=device))[name]
+    return tuple(out.shape)
 
 
 def _channels(model, name: str) -> int:
     shape = _shape(model, name)
-    if not isinstance(shape, tuple) or len(shape) < 2 or not isinstance(shape[1], int):
+    if len(shape) < 2:
         raise UsageError(f"{name} has no channels to visualise")
     return shape[1]
 
