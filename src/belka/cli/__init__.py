@@ -54,7 +54,7 @@ def _show_engine_messages() -> None:
 # Each module adds its commands to `main` when imported, so `belka --help` lists them all.
 COMMAND_MODULES = ("commands_models", "commands_inspect", "commands_explain", "commands_serve",
                    "commands_lab", "commands_learn", "commands_train", "commands_export",
-                   "commands_pictures")
+                   "commands_pictures", "commands_scan")
 
 
 def _register() -> None:
