@@ -100,7 +100,7 @@ def test_head_learns_and_reports(trained, dataset):
     assert trained.confusion.sum() == len(photos.paths)
     assert np.trace(trained.confusion) >= len(photos.paths) - 1  # out of fold, nearly all right
     for label in head.labels:
-        assert set(head.report["classes"][label]) == {"photos", "bursts", "precision", "recall"}
+        assert set(head.report["classes"][label]) == {"photos", "sources", "precision", "recall"}
         t = head.thresholds["whole"][label]
         assert heads.MIN_HEAD_THRESHOLD <= t <= 1.0
     assert head.floors.shape == (3,) and (head.floors > 0).all()
@@ -219,8 +219,10 @@ def test_train_classify_check_evaluate_commands(tmp_path):
     refused = len(gate["heldout_refused"])
     assert refused == round((1 - gate["heldout_accept_rate"]) * 3)
     assert all(r["file"].startswith("other/") for r in gate["heldout_false_accepts"])
-    assert report["classes"]["cat"]["bursts"] <= 3
-    assert "has photos from only" in result.stderr                 # 3 photos: rough rates
+    assert report["classes"]["cat"]["sources"] <= 3
+    assert report["grouping"] == "bursts"                           # no sub-folders, no EXIF
+    assert "has photos from only" in result.stderr                 # 3 sources: rough rates
+    assert "grouped by bursts" in result.stdout
     cat = data / "cat" / "cat_a.png"
     classify = run("classify", str(cat), "--head", str(out), "--json", "--top", "2")
     assert classify.exit_code == 0, classify.output

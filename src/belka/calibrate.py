@@ -5,9 +5,9 @@ positives, all others negatives) every photo gets the gate's score. :func:`choos
 takes the negatives' scores and returns the lowest threshold that accepts at most
 ``floor(max_false_accept x negatives)`` of them. Because a threshold chosen on the photos it is
 measured on flatters itself, :func:`cross_validated_threshold` also chooses one on the training
-folds and measures it on the held-out fold (folds keep bursts of near-identical photos
-together), and reports the held-out false-accept and accept rates: those are the rates to
-expect on new photos.
+folds and measures it on the held-out fold (folds keep whole sources together: one camera,
+one sub-folder, one burst; see :mod:`belka.sources`), and reports the held-out false-accept and
+accept rates: those are the rates to expect on photos from new places.
 
 With a head that was trained on some of the photos, its scores on them are in-sample (too
 good), so :func:`calibrate_folder` retrains the head the same way in cross-validation on the
@@ -29,7 +29,6 @@ from typing import Sequence
 
 import numpy as np
 
-from . import bursts
 from .errors import BelkaError, ModelError, UsageError
 from .files import write_atomic
 
@@ -250,18 +249,22 @@ class Scored:
     scores: np.ndarray
     groups: np.ndarray
     tiles: list                 # per photo: the deciding tile (Box) or None
-    out_of_fold: bool = False   # scores from heads retrained without the photo's burst
+    out_of_fold: bool = False   # scores from heads retrained without the photo's source
     skipped: list = field(default_factory=list)
     forwards: int = 0
+    grouping: str = "bursts"    # how photos were grouped by source (belka.sources)
 
 
 def score_folder(model, data_dir: str | os.PathLike, allow: str | Sequence[str], *,
                  tiles: bool = True, folds: int = 5, seed: int = 0,
-                 progress: bool | None = None, batch_size: int = 16) -> Scored:
-    """Score every photo under ``DATA_DIR/<class>/`` with the gate (threshold-free).
+                 progress: bool | None = None, batch_size: int = 16,
+                 groups_file: str | os.PathLike | None = None) -> Scored:
+    """Score every photo under ``DATA_DIR/<class>/`` with the gate (threshold-free), and group
+    the photos by source (:mod:`belka.sources`) for the held-out check.
 
     A head model whose training photos are among them is retrained in cross-validation on the
-    folder (its own training options) so that every photo gets an out-of-fold score.
+    folder (its own training options) so that every photo gets an out-of-fold score from a
+    head that never saw its source.
     """
     from . import heads
     from .gate import Gate
@@ -277,7 +280,8 @@ def score_folder(model, data_dir: str | os.PathLike, allow: str | Sequence[str],
     positive = positive_class[photos.y]
     head = getattr(model, "head", None)
     if head is not None and any(heads.seen_in_training(head, photos.paths)):
-        return _score_retrained(model, photos, positive, allow, tiles, folds, seed, progress)
+        return _score_retrained(model, photos, positive, allow, tiles, folds, seed, progress,
+                                groups_file)
 
     gate = Gate(model, allow=allow, threshold=0.5, tiles=tiles)
     kept, scores, boxes, skipped, embeddings = [], [], [], [], []
@@ -295,12 +299,16 @@ def score_folder(model, data_dir: str | os.PathLike, allow: str | Sequence[str],
     index = {p: i for i, p in enumerate(photos.paths)}
     rows = np.array([index[p] for p in kept], dtype=np.int64)
     embedded = bool(embeddings) and all(e is not None for e in embeddings)
-    groups = bursts.burst_groups(kept, np.stack(embeddings) if embedded else None)
+    keep = np.zeros(len(photos.paths), bool)
+    keep[rows] = True
+    grouping = photos.subset(keep).sources(
+        groups_file=groups_file, embeddings=np.stack(embeddings) if embedded else None)
     return Scored(kept, photos.labels, photos.y[rows], positive[rows], np.array(scores),
-                  groups, boxes, False, skipped, forwards)
+                  grouping.ids, boxes, False, skipped, forwards, grouping.kind)
 
 
-def _score_retrained(model, photos, positive, allow, tiles, folds, seed, progress) -> Scored:
+def _score_retrained(model, photos, positive, allow, tiles, folds, seed, progress,
+                     groups_file=None) -> Scored:
     from . import heads
     from .tiling import DEFAULT_TILING
 
@@ -312,12 +320,13 @@ def _score_retrained(model, photos, positive, allow, tiles, folds, seed, progres
     base = model.backbone
     embedded = heads.embed_photos(base, photos.paths, augment=options.augment,
                                   tiling=options.tiling, progress=progress)
-    groups = bursts.burst_groups(photos.paths, embedded.whole)
+    grouping = photos.sources(groups_file=groups_file, embeddings=embedded.whole)
+    groups = grouping.ids
     oof = heads.cross_validate(base, embedded, photos.y, groups, photos.labels, options, progress)
     allow_idx = list(np.flatnonzero(positive_folders(model, photos.labels, allow)))
     scores = oof.scores(allow_idx, tiles=tiles)
     return Scored(list(photos.paths), photos.labels, photos.y, positive, scores, groups,
-                  [None] * len(scores), True, [], embedded.forwards)
+                  [None] * len(scores), True, [], embedded.forwards, grouping.kind)
 
 
 @dataclass
@@ -335,6 +344,8 @@ class Calibration:
     negatives: int
     heldout_refused: list[str] = field(default_factory=list)        # allowed photos, held out
     heldout_let_through: list[str] = field(default_factory=list)    # other photos, held out
+    grouping: str = "bursts"    # how the held-out folds kept sources together
+    sources: int = 0            # sources of the allowed photos
 
     def to_dict(self) -> dict:
         return {"allow": self.allow, "max_false_accept": self.max_false_accept,
@@ -345,7 +356,8 @@ class Calibration:
                 "heldout": self.heldout.to_dict(), "false_accepts": self.false_accepts,
                 "heldout_refused": self.heldout_refused,
                 "heldout_let_through": self.heldout_let_through,
-                "out_of_fold_scores": self.out_of_fold}
+                "out_of_fold_scores": self.out_of_fold, "grouping": self.grouping,
+                "sources": self.sources}
 
 
 def calibrate_scores(scored: Scored, allow: str, max_false_accept: float, *, folds: int = 5,
@@ -363,7 +375,8 @@ def calibrate_scores(scored: Scored, allow: str, max_false_accept: float, *, fol
                        held, false_accepts, tiles, scored.out_of_fold,
                        int(scored.positive.sum()), int(neg.sum()),
                        paths[scored.positive & ~held.accepted].tolist(),
-                       paths[neg & held.accepted].tolist())
+                       paths[neg & held.accepted].tolist(), scored.grouping,
+                       len(set(scored.groups[scored.positive].tolist())))
 
 
 def policy_for(model, calibration: Calibration, allow: str) -> Policy:

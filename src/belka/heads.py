@@ -62,7 +62,6 @@ from PIL import Image
 from torch import nn
 
 from . import images
-from .bursts import burst_groups
 from .errors import BelkaError, ModelError, UsageError
 from .files import write_atomic
 from .models.model import ImageLike, Model
@@ -91,11 +90,19 @@ class LabelledPhotos:
     labels: list[str]                  # class names, sorted
     y: np.ndarray                      # class index per photo
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, why)
+    root: str | None = None            # the data folder (its sub-folders name sources)
 
     def subset(self, keep: np.ndarray) -> "LabelledPhotos":
         keep = np.asarray(keep)
         return LabelledPhotos([p for p, k in zip(self.paths, keep) if k], self.labels,
-                              self.y[keep], self.skipped)
+                              self.y[keep], self.skipped, self.root)
+
+    def sources(self, *, groups_file=None, embeddings: np.ndarray | None = None):
+        """Each photo's source group (:func:`belka.sources.photo_groups`)."""
+        from .sources import photo_groups
+
+        return photo_groups(self.paths, root=self.root, labels=[self.labels[i] for i in self.y],
+                            groups_file=groups_file, embeddings=embeddings)
 
 
 def read_folder(data_dir: str | os.PathLike, classes: Sequence[str] | None = None, *,
@@ -128,7 +135,7 @@ def read_folder(data_dir: str | os.PathLike, classes: Sequence[str] | None = Non
     empty = [name for name, n in zip(labels, counts) if n == 0]
     if empty:
         raise UsageError(f"{root}: no images in {', '.join(empty)}")
-    return LabelledPhotos(paths, labels, np.array(ys, dtype=np.int64))
+    return LabelledPhotos(paths, labels, np.array(ys, dtype=np.int64), root=str(root))
 
 
 # ------------------------------------------------------------------------------------------
@@ -840,8 +847,11 @@ def _preprocessing_dict(model: Model) -> dict:
 
 
 def train(model: Model, photos: LabelledPhotos, options: TrainOptions = TrainOptions(), *,
-          embedded: Embedded | None = None, progress: bool | None = None) -> TrainResult:
-    """Embed every photo once, cross-validate, choose thresholds, fit the final head on all.
+          embedded: Embedded | None = None, progress: bool | None = None,
+          groups_file: str | os.PathLike | None = None) -> TrainResult:
+    """Embed every photo once, cross-validate holding out whole sources (:mod:`belka.sources`:
+    ``groups_file``, sub-folders, cameras, else bursts), choose thresholds, fit the final head
+    on all.
 
     ``embedded`` (from :func:`embed_photos` with the same photos) skips the embedding step.
     """
@@ -853,7 +863,8 @@ def train(model: Model, photos: LabelledPhotos, options: TrainOptions = TrainOpt
         embedded = embed_photos(model, photos.paths, augment=options.augment,
                                 tiling=options.tiling, progress=progress)
     timings["embedding"] = embedded.seconds
-    groups = burst_groups(photos.paths, embedded.whole)
+    grouping = photos.sources(groups_file=groups_file, embeddings=embedded.whole)
+    groups = grouping.ids
     y, labels = photos.y, photos.labels
     t0 = time.perf_counter()
     oof = cross_validate(model, embedded, y, groups, labels, options, progress)
@@ -870,7 +881,7 @@ def train(model: Model, photos: LabelledPhotos, options: TrainOptions = TrainOpt
         tp = confusion[c, c]
         per_class[label] = {
             "photos": int(confusion[c].sum()),
-            "bursts": len(set(groups[y == c].tolist())),
+            "sources": len(set(groups[y == c].tolist())),
             "precision": round(float(tp / confusion[:, c].sum()), 4) if confusion[:, c].sum() else None,
             "recall": round(float(tp / confusion[c].sum()), 4) if confusion[c].sum() else None}
     thresholds: dict = {"whole": {}, "tiles": {}}
@@ -906,6 +917,7 @@ def train(model: Model, photos: LabelledPhotos, options: TrainOptions = TrainOpt
     timings["total"] = time.perf_counter() - started
     report = {
         "photos": int(len(y)), "groups": int(len(set(groups.tolist()))),
+        "grouping": grouping.kind,
         "folds": int(oof.fold.max() + 1), "classes": per_class,
         "confusion": {"labels": list(labels), "matrix": confusion.tolist()},
         "gate": gate_report, "forwards": embedded.forwards,

@@ -10,6 +10,7 @@ import click
 
 from . import main
 from .commands_models import head_option, load_model
+from .commands_scan import check_runner, runner_options
 
 FOLDERS_HELP = "DATA_DIR holds one sub-folder of photos per class (e.g. squirrel/, cat/, other/)."
 
@@ -18,7 +19,9 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.0%}"
 
 
-FEW_BURSTS = 10    # fewer independent bursts than this in a class: its rates are rough
+GROUPS_HELP = ("CSV of 'path,group' lines naming each photo's source (camera, place, "
+               "photographer); cross-validation holds out whole sources [default: sub-folders "
+               "inside each class folder, else EXIF camera and day, else bursts]")
 
 
 def _files(rows: list[dict], limit: int = 4) -> str:
@@ -40,7 +43,9 @@ def _files(rows: list[dict], limit: int = 4) -> str:
 @click.option("--seed", default=0, show_default=True, type=int,
               help="the same photos, options and seed give the same head")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 50),
-              help="cross-validation folds (bursts of similar photos stay in one fold)")
+              help="cross-validation folds (each source stays in one fold)")
+@click.option("--groups", "groups_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, metavar="FILE.csv", help=GROUPS_HELP)
 @click.option("--max-false-accept", default=0.01, show_default=True,
               type=click.FloatRange(0, 1), help="false-accept target for the saved thresholds")
 @click.option("--tiles/--no-tiles", default=True, show_default=True,
@@ -49,8 +54,9 @@ def _files(rows: list[dict], limit: int = 4) -> str:
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None,
               help="where to write the confusion matrix PNG and the report JSON "
                    "[default: next to the head file]")
-def train(data_dir, out, model_name, weights, epochs, seed, folds, max_false_accept, tiles,
-          report_dir):
+@runner_options
+def train(data_dir, out, model_name, weights, epochs, seed, folds, groups_file, max_false_accept,
+          tiles, report_dir, runner, address, workers):
     """Train a head for your own classes on a frozen backbone.
 
     \b
@@ -59,18 +65,26 @@ def train(data_dir, out, model_name, weights, epochs, seed, folds, max_false_acc
     An `other` folder (anything that is none of the classes) makes the gate much safer.
 
     Each photo is embedded once (whole, mirrored, four corner crops, and tiles), a linear head
-    is cross-validated with bursts of similar photos kept in one fold, thresholds are chosen on
-    the out-of-fold scores, and the final head is trained on every photo. Prints per-class
-    precision and recall and writes a confusion-matrix PNG and a JSON report.
+    is cross-validated holding out whole sources (a sub-folder per place inside each class
+    folder, --groups FILE, else EXIF camera and day, else bursts of similar photos), thresholds
+    are chosen on the out-of-fold scores, and the final head is trained on every photo. Prints
+    per-class precision and recall and writes a confusion-matrix PNG and a JSON report.
+
+    \b
+    Photos from few places teach the place as much as the animal: put each place's photos in
+    its own sub-folder (photos/squirrel/garden-cam/, photos/other/garden-cam/) so the held-out
+    figures are measured on places the head has not seen.
 
     \b
     Examples:
       belka train photos/ -o squirrel.belka
+      belka train photos/ -o squirrel.belka --runner ray --address auto
       belka check upload.jpg --head squirrel.belka --allow squirrel
     """
-    from .. import heads
+    from .. import bulk, heads
     from ..tiling import DEFAULT_TILING
 
+    check_runner(runner, address)
     model = load_model(model_name, weights)
     photos = heads.read_folder(data_dir)
     counts = ", ".join(f"{l} {int((photos.y == i).sum())}" for i, l in enumerate(photos.labels))
@@ -79,7 +93,12 @@ def train(data_dir, out, model_name, weights, epochs, seed, folds, max_false_acc
     options = heads.TrainOptions(epochs=epochs, seed=seed, folds=folds,
                                  max_false_accept=max_false_accept,
                                  tiling=DEFAULT_TILING if tiles else None)
-    result = heads.train(model, photos, options)
+    # The embedding step runs on the bulk engine (belka scan's): this process or a Ray cluster.
+    embedded = bulk.embed_for_training(
+        bulk.Task("views", model=model_name, weights=weights, augment=options.augment,
+                  view_tiles=tiles), photos.paths, runner=runner, address=address,
+        workers=workers, model=model)
+    result = heads.train(model, photos, options, groups_file=groups_file, embedded=embedded)
     head = result.head
     out_path = head.save(out)
     folder = Path(report_dir) if report_dir else out_path.parent
@@ -92,8 +111,9 @@ def train(data_dir, out, model_name, weights, epochs, seed, folds, max_false_acc
                            encoding="utf-8")
 
     rep = head.report
-    click.echo(f"\nhead {out_path}: {', '.join(head.labels)}; {rep['photos']} photos in "
-               f"{rep['groups']} burst groups, {rep['folds']}-fold cross-validation; "
+    click.echo(f"\nhead {out_path}: {', '.join(head.labels)}; {rep['photos']} photos from "
+               f"{rep['groups']} sources (grouped by {rep.get('grouping', 'bursts')}), "
+               f"{rep['folds']}-fold cross-validation holding out whole sources; "
                f"{rep['forwards']} forwards ({rep['forwards'] / max(1, rep['photos']):.1f} per "
                f"photo), {rep['seconds'].get('total', 0):.0f} s")
     click.echo("\nout of fold, whole image, most likely class:")
@@ -115,12 +135,16 @@ def train(data_dir, out, model_name, weights, epochs, seed, folds, max_false_acc
         g = modes[mode]
         click.echo(f"  {label:16} refused: {_files(g.get('heldout_refused', []))}")
         click.echo(f"  {'':16} let through: {_files(g.get('heldout_false_accepts', []))}")
+    from ..sources import FEW_SOURCES
+
     for label, row in rep["classes"].items():
-        bursts = row.get("bursts", row["photos"])
-        if bursts < FEW_BURSTS:
-            click.echo(f"note: {label} has photos from only {bursts} burst(s), {row['photos']} "
-                       f"photos: each moves its held-out rates by {1 / max(row['photos'], 1):.0%}. "
-                       "Photos from more places and days make these figures trustworthy.",
+        sources = row.get("sources", row.get("bursts", row["photos"]))
+        if sources < FEW_SOURCES:
+            click.echo(f"warning: {label} has photos from only {sources} source(s) "
+                       f"({row['photos']} photos, grouped by {rep.get('grouping', 'bursts')}): "
+                       "a head learns the place as much as the animal, and held-out figures "
+                       "from this few sources predict new places only roughly. Add photos from "
+                       f"{FEW_SOURCES}+ places, one sub-folder per place (or --groups FILE).",
                        err=True)
     if photos.skipped:
         click.echo(f"\nskipped {len(photos.skipped)} unreadable files (see the report)", err=True)
@@ -141,21 +165,24 @@ def train(data_dir, out, model_name, weights, epochs, seed, folds, max_false_acc
               help="where to write the ROC curve [default: OUT with .roc.png, else roc.png]")
 @click.option("--tiles/--no-tiles", default=True, show_default=True)
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 50))
+@click.option("--groups", "groups_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, metavar="FILE.csv", help=GROUPS_HELP)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="print the calibration as JSON")
 @head_option
 @click.option("--model", "model_name", default="efficientnet_lite0", show_default=True,
               metavar="NAME")
 @click.option("--weights", metavar="PATH|URL", default=None)
-def calibrate(data_dir, allow, max_false_accept, out, roc, tiles, folds, seed, as_json, head,
-              model_name, weights):
+def calibrate(data_dir, allow, max_false_accept, out, roc, tiles, folds, groups_file, seed,
+              as_json, head, model_name, weights):
     """Choose the threshold that keeps false accepts at or under a target.
 
     \b
     DATA_DIR holds one sub-folder per class; the folder named after --allow holds the photos
     to accept, all others the photos to refuse. Every photo is scored by the gate, the
-    threshold is chosen on training folds and measured on held-out folds (bursts of similar
-    photos kept together), and the held-out false-accept and accept rates are printed. A head
+    threshold is chosen on training folds and measured on held-out folds (whole sources kept
+    together: --groups FILE, sub-folders per place, EXIF camera and day, else bursts), and the
+    held-out false-accept and accept rates are printed. A head
     that was trained on some of these photos is retrained in cross-validation, so that no photo
     is scored by a head that has seen it.
 
@@ -171,7 +198,8 @@ def calibrate(data_dir, allow, max_false_accept, out, roc, tiles, folds, seed, a
     model = load_model(model_name, weights, head)
     if out and out.endswith(".belka") and head is None:
         raise UsageError("saving the threshold into a .belka file needs --head")
-    scored = cal.score_folder(model, data_dir, allow, tiles=tiles, folds=folds, seed=seed)
+    scored = cal.score_folder(model, data_dir, allow, tiles=tiles, folds=folds, seed=seed,
+                              groups_file=groups_file)
     floor = 0.0
     if getattr(model, "head", None) is not None:
         from ..heads import MIN_HEAD_THRESHOLD
@@ -202,10 +230,18 @@ def calibrate(data_dir, allow, max_false_accept, out, roc, tiles, folds, seed, a
                                                   "saved": str(saved) if saved else None}))
         return
     held = result.heldout
-    click.echo(f"{result.positives} {allow} photos, {result.negatives} others; gate: "
+    from ..sources import FEW_SOURCES
+
+    sources = len(set(scored.groups[scored.positive].tolist()))
+    click.echo(f"{result.positives} {allow} photos from {sources} sources, {result.negatives} "
+               f"others; grouped by {scored.grouping}; gate: "
                f"{'head' if floor else 'ImageNet classes'}, "
                f"{'whole image + tiles' if tiles else 'whole image'}"
-               f"{'; scores out of fold (head retrained without each burst)' if scored.out_of_fold else ''}")
+               f"{'; scores out of fold (head retrained without each source)' if scored.out_of_fold else ''}")
+    if sources < FEW_SOURCES:
+        click.echo(f"warning: the {allow} photos come from only {sources} source(s): held-out "
+                   "figures predict photos from new places only roughly; add photos from "
+                   f"{FEW_SOURCES}+ places, one sub-folder per place (or --groups FILE)", err=True)
     click.echo(f"threshold {result.threshold:.4g} (<= {max_false_accept:g} false accepts): accepts "
                f"{result.accept_rate:.0%} of {allow} photos, {result.false_accept_rate:.1%} of others")
     click.echo(f"held out ({len(held.thresholds)} folds, threshold chosen on the others): accepts "
@@ -234,7 +270,9 @@ def calibrate(data_dir, allow, max_false_accept, out, roc, tiles, folds, seed, a
 @click.option("--model", "model_name", default="efficientnet_lite0", show_default=True,
               metavar="NAME")
 @click.option("--weights", metavar="PATH|URL", default=None)
-def evaluate(data_dir, allow, threshold, policy, tiles, as_json, head, model_name, weights):
+@runner_options
+def evaluate(data_dir, allow, threshold, policy, tiles, as_json, head, model_name, weights,
+             runner, address, workers):
     """Run the gate over labelled folders: accept rate per sub-folder, false accepts by file.
 
     The sub-folder named after --allow should be accepted; every other folder's accepted
@@ -243,11 +281,13 @@ def evaluate(data_dir, allow, threshold, policy, tiles, as_json, head, model_nam
     \b
     Example:
       belka evaluate photos/ --head squirrel.belka --allow squirrel
+      belka evaluate big-photos/ --allow squirrel --runner ray --address auto
     """
-    from .. import heads
+    from .. import bulk, heads
     from ..calibrate import positive_folders
     from ..gate import Gate
 
+    check_runner(runner, address)
     model = load_model(model_name, weights, head)
     gate = Gate(model, allow=allow, threshold=threshold, tiles=tiles, policy=policy)
     photos = heads.read_folder(data_dir, min_classes=1, purpose="evaluation")
@@ -256,18 +296,25 @@ def evaluate(data_dir, allow, threshold, policy, tiles, as_json, head, model_nam
     stats = {l: {"photos": 0, "accepted": 0, "positive": bool(p)}
              for l, p in zip(photos.labels, positive)}
     false_accepts, missed, errors = [], [], []
-    for path, result, error in gate.check_paths(photos.paths):
-        if error is not None:
-            errors.append({"path": path, "error": error})
+    # The gate runs on the bulk engine (belka scan's): this process or a Ray cluster.
+    job = bulk.Task("check", model=model_name, weights=weights, head=head, allow=allow,
+                    threshold=threshold, tiles=tiles, policy=gate.policy)
+    rows = {r["path"]: r for r in bulk.iter_rows(job, [str(p) for p in photos.paths],
+                                                 runner=runner, address=address,
+                                                 workers=workers, model=model)}
+    for path in photos.paths:
+        row = rows[str(path)]
+        if row["error"] is not None:
+            errors.append({"path": row["path"], "error": row["error"]})
             continue
         label = photos.labels[label_of[path]]
+        accepted = row["verdict"] == "accept"
         stats[label]["photos"] += 1
-        stats[label]["accepted"] += int(result.accepted)
-        entry = {"path": path, "score": round(result.score, 6),
-                 "tile": result.tile.to_list() if result.tile else None}
-        if result.accepted and not stats[label]["positive"]:
+        stats[label]["accepted"] += int(accepted)
+        entry = {"path": row["path"], "score": round(row["score"], 6), "tile": row["box"]}
+        if accepted and not stats[label]["positive"]:
             false_accepts.append(entry)
-        elif not result.accepted and stats[label]["positive"]:
+        elif not accepted and stats[label]["positive"]:
             missed.append(entry)
     for s in stats.values():
         s["rate"] = round(s["accepted"] / s["photos"], 4) if s["photos"] else None
