@@ -151,10 +151,10 @@ def scan(sources: Sequence[str | os.PathLike], out: str | os.PathLike, task: Tas
 
                     ray.shutdown()
             if todo:
-                table = read(out)
+                wanted = ["path", "error"] + (["verdict"] if task.kind == "check" else [])
+                table = read(out, wanted)
                 new = table.filter(_is_in(table, todo))
-                errors = new.column("error").null_count
-                errors = new.num_rows - errors
+                errors = new.num_rows - new.column("error").null_count
                 if "verdict" in new.column_names:
                     for v in new.column("verdict").to_pylist():
                         if v:

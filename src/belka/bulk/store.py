@@ -148,8 +148,9 @@ class Store:
         return PartWriter(str(self.out), self.run, self.schema)
 
 
-def read(out: str | os.PathLike):
-    """The whole scan as one Arrow table (every part; nothing else in the folder)."""
+def read(out: str | os.PathLike, columns: Sequence[str] | None = None):
+    """The whole scan as one Arrow table (every part; nothing else in the folder), or only
+    ``columns`` of it."""
     import pyarrow.parquet as pq
 
     parts = sorted(Path(out).glob("part-*.parquet"))
@@ -157,4 +158,4 @@ def read(out: str | os.PathLike):
         raise UsageError(f"no scan results in {out}")
     import pyarrow as pa
 
-    return pa.concat_tables([pq.read_table(p) for p in parts])
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in parts])
