@@ -54,8 +54,13 @@ def build(service) -> Path:
     folder = Path(service.config.data_dir) / "web-gate" / gate_key(gate)
     with _lock:
         if not (folder / POLICY_FILE).is_file():
-            export_web(folder.with_name(folder.name + ".part"), gate)
-            (folder.with_name(folder.name + ".part")).rename(folder)
+            part = folder.with_name(f"{folder.name}.part")
+            export_web(part, gate)
+            try:
+                part.rename(folder)
+            except OSError:      # another process built it meanwhile: use theirs
+                if not (folder / POLICY_FILE).is_file():
+                    raise
     return folder
 
 
