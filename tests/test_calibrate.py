@@ -161,3 +161,25 @@ def test_evaluate_takes_one_folder_and_calibrate_says_what_it_misses(tmp_path):
     refused = run("calibrate", str(data), "--allow", "cat", "--no-tiles")
     assert refused.exit_code == 2
     assert "calibration" in refused.stderr and "other/" in refused.stderr
+
+
+def test_evaluate_counts_sources_and_draws_its_mistakes(tmp_path):
+    """Sub-folders per place are sources; the contact sheet shows every mistake, and a tile
+    that decided is outlined."""
+    data = _folder(tmp_path / "data")
+    for folder in ("cat", "other"):                        # two places each
+        place = data / folder / "garden"
+        place.mkdir()
+        for path in sorted((data / folder).glob("*.*"))[:2]:
+            path.rename(place / path.name)
+    sheet = tmp_path / "mistakes.png"
+    evaluated = run("evaluate", str(data), "--allow", "cat", "--json", "--sheet", str(sheet),
+                    "--threshold", "0.9")
+    assert evaluated.exit_code == 0, evaluated.output
+    doc = json.loads(evaluated.stdout)
+    assert doc["folders"]["cat"]["sources"] >= 2 and "sub-folders" in doc["grouping"]
+    mistakes = len(doc["false_accepts"]) + len(doc["missed"])
+    assert mistakes >= 1 and doc["sheet"] == str(sheet)
+    picture = Image.open(sheet)
+    columns = min(5, mistakes)
+    assert picture.size == (columns * 220, 36 + -(-mistakes // columns) * 260)

@@ -264,23 +264,30 @@ def calibrate(data_dir, allow, max_false_accept, out, roc, tiles, folds, groups_
 @click.option("--policy", type=click.Path(dir_okay=False), default=None, metavar="FILE.json")
 @click.option("--tiles/--no-tiles", default=None, help="[default: on, or the policy's]")
 @click.option("--json", "as_json", is_flag=True,
-              help='JSON: {"folders": {name: {"photos", "accepted", "rate", "positive"}}, '
-                   '"false_accepts": [{"path", "score", "tile"}], "missed": [...]}')
+              help='JSON: {"folders": {name: {"photos", "accepted", "rate", "positive", '
+                   '"sources"}}, "false_accepts": [{"path", "score", "tile"}], "missed": [...]}')
+@click.option("--sheet", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
+              help="draw the mistakes (false accepts, refused photos) as a contact sheet, the "
+                   "deciding tile outlined")
+@click.option("--groups", "groups_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, metavar="FILE.csv", help=GROUPS_HELP)
 @head_option
 @click.option("--model", "model_name", default="efficientnet_lite0", show_default=True,
               metavar="NAME")
 @click.option("--weights", metavar="PATH|URL", default=None)
 @runner_options
-def evaluate(data_dir, allow, threshold, policy, tiles, as_json, head, model_name, weights,
-             runner, address, workers):
+def evaluate(data_dir, allow, threshold, policy, tiles, as_json, sheet, groups_file, head,
+             model_name, weights, runner, address, workers):
     """Run the gate over labelled folders: accept rate per sub-folder, false accepts by file.
 
     The sub-folder named after --allow should be accepted; every other folder's accepted
-    photos are false accepts and are listed.
+    photos are false accepts and are listed, with the view that decided (the whole image or a
+    tile). Each folder's photos are counted by source (--groups FILE, sub-folders per place,
+    EXIF camera and day, else bursts): rates from few sources say little about new places.
 
     \b
     Example:
-      belka evaluate photos/ --head squirrel.belka --allow squirrel
+      belka evaluate photos/ --head squirrel.belka --allow squirrel --sheet mistakes.png
       belka evaluate big-photos/ --allow squirrel --runner ray --address auto
     """
     from .. import bulk, heads
@@ -318,20 +325,34 @@ def evaluate(data_dir, allow, threshold, policy, tiles, as_json, head, model_nam
             missed.append(entry)
     for s in stats.values():
         s["rate"] = round(s["accepted"] / s["photos"], 4) if s["photos"] else None
+    grouping = photos.sources(groups_file=groups_file)
+    for c, label in enumerate(photos.labels):
+        stats[label]["sources"] = grouping.count(photos.y == c)
+    if sheet:
+        from ..sheets import contact_sheet
+
+        drawn = contact_sheet(
+            [e | {"kind": "false accept"} for e in false_accepts]
+            + [e | {"kind": "refused"} for e in missed], sheet,
+            title=f"{gate.allowed} gate, threshold {gate.threshold:g}: {len(false_accepts)} "
+                  f"false accepts, {len(missed)} refused")
     seen = sum(heads.seen_in_training(model.head, photos.paths)) if getattr(
         model, "head", None) is not None else 0
     if as_json:
         click.echo(json.dumps({"allow": gate.allowed, "threshold": gate.threshold,
-                               "tiles": gate.tiles, "folders": stats,
+                               "tiles": gate.tiles, "folders": stats, "grouping": grouping.kind,
                                "false_accepts": false_accepts, "missed": missed,
-                               "errors": errors, "seen_in_training": seen}))
+                               "errors": errors, "seen_in_training": seen,
+                               "sheet": str(drawn) if sheet else None}))
         return
     click.echo(f"gate: allow {gate.allowed}, threshold {gate.threshold:g}, "
-               f"{'whole image + tiles' if gate.tiles else 'whole image'}")
-    click.echo(f"  {'folder':16} {'photos':>6} {'accepted':>8} {'rate':>6}")
+               f"{'whole image + tiles' if gate.tiles else 'whole image'}; sources grouped by "
+               f"{grouping.kind}")
+    click.echo(f"  {'folder':16} {'photos':>6} {'sources':>7} {'accepted':>8} {'rate':>6}")
     for label, s in stats.items():
         mark = "  (should be accepted)" if s["positive"] else ""
-        click.echo(f"  {label:16} {s['photos']:6} {s['accepted']:8} {_pct(s['rate']):>6}{mark}")
+        click.echo(f"  {label:16} {s['photos']:6} {s['sources']:7} {s['accepted']:8} "
+                   f"{_pct(s['rate']):>6}{mark}")
     for title, entries in (("false accepts", false_accepts),
                            ("refused, should be accepted", missed)):
         click.echo(f"\n{title}: {len(entries)}")
@@ -341,5 +362,7 @@ def evaluate(data_dir, allow, threshold, policy, tiles, as_json, head, model_nam
     if seen:
         click.echo(f"\nnote: {seen} of these photos were used to train the head, so these rates "
                    f"are optimistic; `belka calibrate` gives held-out rates", err=True)
+    if sheet:
+        click.echo(f"\ncontact sheet of the mistakes: {drawn}")
     for e in errors:
         click.echo(f"belka: {e['path']}: {e['error']}", err=True)
