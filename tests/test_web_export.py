@@ -5,8 +5,8 @@
 * In real Chromium (Debian's, driven by Playwright; never a downloaded browser), an exported
   folder served by a local static server with the COOP/COEP headers checks every shared photo:
   the verdict and the deciding tile equal `belka check --json`'s, |score difference| <= 1e-4,
-  the top-5 indices are equal; the views the browser builds (decode, EXIF, Pillow's resampling,
-  tiles) are the Python views byte for byte. The same with a head trained here, on a subset.
+  the top-5 indices are equal; the decoded pixels of every photo, and the views the browser
+  builds (Pillow's resampling, tiles), are Python's byte for byte. The same with a head trained here, on a subset.
 * fp16 halves the model and keeps the top-1; a missing runtime says what to run.
 
 The browser part is skipped with the reason when Playwright or Chromium is missing (a failure
@@ -243,7 +243,8 @@ def test_a_missing_runtime_says_what_to_run(model, tmp_path, monkeypatch):
 
 # -- in the browser ---------------------------------------------------------------------------
 
-def test_browser_views_are_pythons_byte_for_byte(browser, site, model, photos_dir):
+def test_browser_views_are_pythons_byte_for_byte(browser, site, model, photos_dir,
+                                                  photo_files):
     _, url = site
     page, errors = open_gate(browser, f"{url}/fp32/index.html")
     digests = page.evaluate("""async (files) => {
@@ -262,6 +263,20 @@ def test_browser_views_are_pythons_byte_for_byte(browser, site, model, photos_di
         views, _ = gate.views(images.decode(photos_dir / f))
         assert count == len(views), f
         assert digest == hashlib.sha256(np.ascontiguousarray(views).tobytes()).hexdigest(), f
+    # and the decoded pixels of every shared photo (JPEG decoder, EXIF, no colour management)
+    decoded = page.evaluate("""async (files) => {
+        const m = await import('./belka.js');
+        const out = [];
+        for (const f of files) {
+            const image = await m.decode('/photos/' + f);
+            const digest = await crypto.subtle.digest('SHA-256', image.data);
+            out.push(Array.from(new Uint8Array(digest), b => b.toString(16).padStart(2, '0')).join(''));
+        }
+        return out;
+    }""", photo_files)
+    differ = [f for f, digest in zip(photo_files, decoded)
+              if hashlib.sha256(images.decode(photos_dir / f).tobytes()).hexdigest() != digest]
+    assert differ == []
     assert page.evaluate("crossOriginIsolated") is True    # the headers let it use threads
     assert page.evaluate("window.belka.threads") == 2
     assert not errors
