@@ -48,6 +48,13 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process (all threads): less sensitive than wall time
+    to other programs sharing the cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_case(name: str, quick: bool) -> dict:
     """One case in this process; prints one JSON line."""
     import numpy as np
@@ -66,6 +73,7 @@ def run_case(name: str, quick: bool) -> dict:
     visualize(model, target=1, size=32, steps=1)
     torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
     base = rss_mib()
+    cpu0 = cpu_seconds()
     started = time.perf_counter()
     if kind == "style":
         steps = 30 if quick else 120
@@ -84,6 +92,7 @@ def run_case(name: str, quick: bool) -> dict:
         if name == "class":
             extra["p335"] = round(float(model.probabilities(result.images[0])[0, 335]), 4)
     seconds = time.perf_counter() - started
+    extra["cpu_s"] = round(cpu_seconds() - cpu0, 1)
     record = {"case": name, "steps": steps, "seconds": round(seconds, 2),
               "s_per_step": round(seconds / steps, 3), "peak_rss_mib": round(rss_mib()),
               "work_mib": round(rss_mib() - base), "device": str(model.device), **extra}

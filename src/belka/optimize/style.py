@@ -103,7 +103,8 @@ def stages(height: int, width: int, coarsest: int = COARSEST) -> list[tuple[int,
 
 def split_steps(steps: int, n: int) -> list[int]:
     """Steps per stage: each stage gets half the steps of the one before it (the first the
-    most), and every stage at least one."""
+    most), and every stage at least one (so there may be more than ``steps`` in all when
+    there are more stages than steps)."""
     weights = [2.0 ** (n - 1 - i) for i in range(n)]
     counts = [max(1, int(steps * w / sum(weights))) for w in weights]
     counts[0] += max(0, steps - sum(counts))
@@ -162,7 +163,7 @@ def style(content, style_image, *, model=None, size: int = 384, steps: int = DEF
             return style_weight * style_loss(feats, _st) + content_loss + TV_WEIGHT * tv
 
         optimize(picture, loss_fn, n_steps, lr=LEARNING_RATE, progress=progress, offset=done,
-                 total=steps)
+                 total=sum(counts))
         done += n_steps
 
     result = picture.to_uint8()[0]
@@ -174,7 +175,7 @@ def style(content, style_image, *, model=None, size: int = 384, steps: int = DEF
         loss_start = float(style_loss(theirs, style_targets))
         cosine = float(F.cosine_similarity(ours[content_name].flatten(),
                                            theirs[content_name].flatten(), dim=0))
-    return StyleResult(result, loss_now, loss_start, cosine, stages=plan, steps=steps,
+    return StyleResult(result, loss_now, loss_start, cosine, stages=plan, steps=sum(counts),
                        seconds=time.perf_counter() - started)
 
 

@@ -45,6 +45,7 @@ class Objective:
     layer: str
     index: tuple[int, ...] = ()
     direction: tuple[float, ...] = ()
+    climb: str | None = None   # the layer the optimiser climbs, when not ``layer`` (see below)
 
     def describe(self, i: int = 0) -> str:
         if self.kind == "class":
@@ -133,7 +134,7 @@ def make_objective(model, *, layer: str | int | None = None, channel: int | None
                              f"{out_channels} channels")
         if not np.all(np.isfinite(values)) or not any(values):
             raise UsageError("the direction must be finite and not all zeros")
-        return Objective("direction", name, (), values)
+        return Objective("direction", name, (), values, climb=_pre_activation(model, name))
     wanted = (channel,) if channel is not None else tuple(int(c) for c in channels)
     if not wanted:
         raise UsageError("no channels given")
@@ -142,7 +143,33 @@ def make_objective(model, *, layer: str | int | None = None, channel: int | None
         raise UsageError(f"{name} has channels 0 to {out_channels - 1}, not {bad[0]}")
     if neuron and _spatial(model, name) is False:
         raise UsageError(f"{name} has no spatial positions: use a channel, not a neuron")
-    return Objective("neuron" if neuron else "channel", name, wanted)
+    return Objective("neuron" if neuron else "channel", name, wanted,
+                     climb=_pre_activation(model, name))
+
+
+def _pre_activation(model, name: str) -> str | None:
+    """For a ReLU / ReLU6 layer, the layer whose output it clips (its input), else None.
+
+    A channel that is zero everywhere on the grey start gets no gradient through the ReLU
+    and would stay grey; climbing the value before the clip moves it (what is reported is
+    still the layer's own activation)."""
+    from torch import nn
+
+    layer = get_layer(model, name)
+    if not isinstance(layer.module, (nn.ReLU, nn.ReLU6)) or layer.index == 0:
+        return None
+    before = get_layer(model, layer.index - 1)
+    node = next((n for n in _graph_nodes(model) if n.op == "call_module" and n.target == name),
+                None)
+    if node is None or len(node.args) != 1 or getattr(node.args[0], "target", None) != before.name:
+        return None
+    return before.name
+
+
+def _graph_nodes(model):
+    from ..inspect import trace
+
+    return list(trace(model).graph.nodes)
 
 
 def _shape(model, name: str) -> tuple[int, ...]:
@@ -174,6 +201,10 @@ def visualize(model=None, *, layer: str | int | None = None, channel: int | None
               progress: Progress | None = None) -> VisualizeResult:
     """Pictures of what the model looks for.
 
+    For a ReLU layer (``..._activation``) the optimiser climbs the values before the clip
+    (the preceding BatchNorm's output), so channels that are zero on the grey start move too;
+    the values reported are the layer's own.
+
     Objectives (exactly one): ``layer`` + ``channel`` (its mean activation), ``layer`` +
     ``channel`` + ``neuron=True`` (the activation at the centre), ``layer`` + ``direction``
     (the activation along a vector over the channels), ``layer`` + ``channels`` (one picture
@@ -196,7 +227,8 @@ def visualize(model=None, *, layer: str | int | None = None, channel: int | None
     n = max(n, diversity)
     check_range("pictures", n, 1, MAX_BATCH)
     started = time.perf_counter()
-    taps = Taps(model, [objective.layer] + ([DIVERSITY_LAYER] if diversity > 1 else []))
+    climb = objective.climb or objective.layer
+    taps = Taps(model, [objective.layer, climb] + ([DIVERSITY_LAYER] if diversity > 1 else []))
     gen = generator(seed)
     picture = FourierImage(n, size, size, generator=gen, device=model.device)
 
@@ -204,7 +236,7 @@ def visualize(model=None, *, layer: str | int | None = None, channel: int | None
         if robustness is not None:
             x = robustness(x, gen)
         feats = taps(network_input(model, x))
-        values = objective.value(feats[objective.layer])
+        values = objective.value(feats[climb])
         loss = -values.mean()
         if diversity > 1:
             loss = loss + DIVERSITY_WEIGHT * values.detach().abs().mean() * _alike(
