@@ -136,6 +136,18 @@ def test_grid_neuron_direction_and_diversity(model):
     assert np.abs(two.images[0].astype(int) - two.images[1].astype(int)).mean() > 10
 
 
+def test_a_channel_dead_on_grey_still_moves(model):
+    # channel 2 of block5c_expand_activation is 0 on a grey picture: no gradient through the
+    # ReLU6, so climbing the activation itself would leave the picture grey
+    grey = torch.full((1, 3, 64, 64), 0.5)
+    taps = Taps(model, [CHANNEL_LAYER])
+    with torch.no_grad():
+        assert float(taps((grey * 255 - 127) / 128)[CHANNEL_LAYER][0, 2].max()) == 0.0
+    result = visualize(model, layer=CHANNEL_LAYER, channel=2, size=64, steps=8)
+    assert result.objective.climb == "block5c_expand_bn"
+    assert result.values[0] > 0.1 and result.images.std() > 5
+
+
 def test_bad_objectives_say_why(model):
     with pytest.raises(UsageError, match="say what to visualise"):
         visualize(model, layer=CHANNEL_LAYER)
