@@ -109,12 +109,14 @@ def create_app(config: ServerConfig | None = None, *, model=None) -> FastAPI:
         return error_response(500, "internal error: the server failed on this request (its log "
                                    "has the details)", "internal_error")
 
-    from . import api, lab, pages, webgate
+    from . import api, lab, pages, pictures, webgate
 
     app.include_router(api.router, prefix="/api/v1")
     app.include_router(lab.router, prefix="/api/v1/lab")
     app.include_router(pages.router)
     app.include_router(lab.pages)
+    app.include_router(pictures.router, prefix="/api/v1")   # /style, /visualize (docs/pictures.md)
+    app.include_router(pictures.pages)
     app.include_router(webgate.router)   # /web/: the gate for the browser (belka export web)
     app.mount("/static", StaticFiles(directory=str(resources.files("belka.server") / "static")),
               name="static")

@@ -123,7 +123,7 @@ def _accepted(job) -> JSONResponse:
     return JSONResponse(body, status_code=202)
 
 
-@router.post("/style")
+@router.post("/style", status_code=202)
 async def style_job(request: Request,
                     content: Annotated[UploadFile, File(description="the photo to paint")],
                     style: Annotated[UploadFile | None,
@@ -173,7 +173,7 @@ async def style_job(request: Request,
     return _accepted(service.jobs.submit("style", work))
 
 
-@router.post("/visualize")
+@router.post("/visualize", status_code=202)
 async def visualize_job(request: Request,
                         layer: Annotated[str | None, Form(max_length=NAME)] = None,
                         channel: Annotated[int | None, Form(ge=0, le=100_000)] = None,
@@ -245,7 +245,8 @@ async def picture_limits():
     return LIMITS
 
 
-@router.get("/pictures/{job_id}/preview")
+@router.get("/pictures/{job_id}/preview", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "the picture so far"}})
 async def picture_preview(request: Request, job_id: str):
     """The newest preview PNG of a style or visualize job (404 until the first one)."""
     key = PREVIEWS.get(job_id[:64])
