@@ -184,6 +184,9 @@ def test_user_mistakes_are_one_line(folder, tmp_path, exported):
     assert r.exit_code == 2 and "--runner ray" in r.output
     r = CliRunner().invoke(main, ["scan", str(folder), "-o", str(out), "--allow", "cat"])
     assert r.exit_code != 0 and "--task check" in r.output and not out.exists()
+    r = CliRunner().invoke(main, ["scan", str(folder), "-o", str(out), "--task", "check",
+                                  "--allow", "no-such-class-anywhere"])
+    assert r.exit_code != 0 and r.output.count("\n") == 1 and not out.exists()
     assert invoke("scan", str(folder / "cat"), "-o", str(out)).exit_code == 0
     r = CliRunner().invoke(main, ["scan", str(folder / "cat"), "-o", str(out), "--top", "2"])
     assert r.exit_code != 0 and "other settings (top)" in r.output

@@ -106,6 +106,7 @@ def scan(sources: Sequence[str | os.PathLike], out: str | os.PathLike, task: Tas
                          + (f" matching {glob!r}" if glob else ""))
     store = Store(out, task.settings(), schema(task.kind))
     model = _driver_model(task, model)
+    _gate(task, model)        # a bad --allow or --policy fails here, before OUT is touched
     done = store.open(overwrite=overwrite)
     todo = [f for f in files if f not in done]
     already = len(files) - len(todo)
@@ -122,15 +123,19 @@ def scan(sources: Sequence[str | os.PathLike], out: str | os.PathLike, task: Tas
             startup = time.perf_counter() - started
             pending: list[dict] = []
             last = time.perf_counter()
-            for row in _local_rows(scorer, todo, batch_size, n):
-                pending.append(row)
-                errors += row["error"] is not None
-                if row.get("verdict"):
-                    counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
-                bar.update(1)
-                if len(pending) >= checkpoint or time.perf_counter() - last > FLUSH_SECONDS:
-                    written += writer.write(pending, f"{written:010d}")
-                    pending, last = [], time.perf_counter()
+            try:
+                for row in _local_rows(scorer, todo, batch_size, n):
+                    pending.append(row)
+                    errors += row["error"] is not None
+                    if row.get("verdict"):
+                        counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
+                    bar.update(1)
+                    if len(pending) >= checkpoint or time.perf_counter() - last > FLUSH_SECONDS:
+                        written += writer.write(pending, f"{written:010d}")
+                        pending, last = [], time.perf_counter()
+            except KeyboardInterrupt:
+                writer.write(pending, f"{written:010d}")   # Ctrl-C keeps the finished rows
+                raise
             written += writer.write(pending, f"{written:010d}")
         else:
             from . import ray_runner
