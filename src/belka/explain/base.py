@@ -136,8 +136,19 @@ class Explanation:
 # Layers
 
 
+_CHILDREN: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
 def _children(model) -> list[tuple[str, nn.Module]]:
-    return list(model.module.named_children())
+    """The model's named layers, cached per module (checked against the module's own child
+    dict, so a replaced layer is seen)."""
+    module = model.module
+    cached = _CHILDREN.get(module)
+    if cached is not None and cached[0] == list(module._modules.values()):
+        return cached[1]
+    children = list(module.named_children())
+    _CHILDREN[module] = ([m for _, m in children], children)
+    return children
 
 
 def _unknown_layer(name: str, names: Sequence[str]) -> ModelError:
@@ -707,14 +718,15 @@ class Explainer:
             # The explained rows and every 50th other: the map depends on the explained rows
             # only, and a classifier wired otherwise fails on any row. (All 1000 rows cost a
             # threaded BLAS call, slower here than the rest of the method.)
-            pooled = a.mean(axis=(2, 3), dtype=np.float64)
+            pooled = a.reshape(a.shape[0], a.shape[1], -1).sum(axis=2) / np.float32(
+                a.shape[2] * a.shape[3])
             got = logits.detach().numpy()
             agrees = got.shape == (a.shape[0], weight.shape[0])
             if agrees:
                 spot = np.arange(0, weight.shape[0], 50)
                 for i, t in enumerate(targets):
-                    idx = np.unique(np.concatenate([spot, np.asarray(t.indices, dtype=np.intp)]))
-                    check = np.einsum("kc,c->k", weight[idx].astype(np.float64), pooled[i])
+                    idx = np.concatenate([spot, np.asarray(t.indices, dtype=np.intp)])
+                    check = weight[idx] @ pooled[i]
                     if bias is not None:
                         check += bias[idx]
                     tolerance = 1e-4 * max(1.0, float(np.abs(got[i]).max()))

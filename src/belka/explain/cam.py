@@ -38,9 +38,11 @@ class GradientCAM(Explainer):
             a = ctx.activations.detach().float().numpy()
             w = self.channel_weights(a, ctx.channel_gradient.float().numpy())
             if w is not None:
-                n, c, h, wd = a.shape
-                cam = np.matmul(w.astype(np.float32)[:, None, :], a.reshape(n, c, h * wd))
-                return torch.from_numpy(np.maximum(cam.reshape(n, h, wd), 0.0))
+                # The same torch contraction as below, so the fast and the autograd maps sum
+                # in the same order (maps that come from cancelling terms keep agreeing).
+                cam = torch.einsum("nc,nchw->nhw", torch.from_numpy(np.ascontiguousarray(
+                    w, dtype=np.float32)), ctx.activations.float())
+                return F.relu(cam)
         acts, grads = ctx.activations.float(), ctx.gradients.float()
         w = self.weights(acts, grads)
         if w.dim() == 2:
