@@ -194,6 +194,14 @@ def test_user_mistakes_are_one_line(folder, tmp_path, exported):
     assert r.exit_code != 0 and "not a belka scan" in r.output
 
 
+def test_without_ray_the_runner_says_how_to_install_it(folder, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)        # `import ray` fails as if not installed
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["scan", str(folder), "-o", str(out), "--runner", "ray"])
+    assert r.exit_code != 0 and "pip install 'belka[ray]'" in r.output
+    assert r.output.count("\n") == 1 and not out.exists()
+
+
 def test_evaluate_on_the_engine_matches_the_gate(folder, exported):
     from belka.gate import Gate
 

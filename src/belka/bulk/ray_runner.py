@@ -32,7 +32,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
-    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                   configure_logging=True)
     try:
         if address is None:
@@ -49,14 +49,17 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
 
 
 def _quiet_data() -> None:
+    import warnings
+
     from ray.data import DataContext
 
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     for attr in ("print_on_execution_start", "enable_operator_progress_bars"):
         if hasattr(ctx, attr):
             setattr(ctx, attr, False)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 class _Prepare:
@@ -114,7 +117,8 @@ def _pipeline(task: Task, preparer: Preparer, paths: Sequence[str], *, workers: 
     # to run (on 2 CPUs and 2 actors, reserving 1 CPU each would starve them).
     actor_cpus = min(1.0, 0.75 * total_cpus / workers)
     decode_cpus = min(1.0, max(0.25, (total_cpus - actor_cpus * workers) / 2))
-    blocks = max(1, min(len(paths) // 8, 4 * int(total_cpus) * 8))
+    # Enough blocks for every actor to get work, and about 8 files per block on big lists.
+    blocks = max(min(len(paths), 2 * workers), min(len(paths) // 8, 32 * int(total_cpus)))
     step = -(-len(paths) // blocks)
     tables = [pa.table({"path": list(paths[i:i + step])}) for i in range(0, len(paths), step)]
     ds = ray.data.from_arrow(tables)
