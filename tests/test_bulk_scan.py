@@ -175,6 +175,21 @@ def test_sources_list_glob_limit(folder, tmp_path, exported):
     assert rows[str(tmp_path / "gone.jpg")]["error"] and rows[cats[0]]["error"] is None
 
 
+def test_uri_sources_read_through_pyarrow_filesystems(folder, tmp_path, exported):
+    """file:// URIs go through pyarrow's filesystems (the path s3:// takes), with the same rows."""
+    plain, uri = tmp_path / "plain", tmp_path / "uri"
+    assert invoke("scan", str(folder / "cat"), "-o", str(plain)).exit_code == 0
+    assert invoke("scan", f"file://{folder / 'cat'}", "-o", str(uri)).exit_code == 0
+    a, b = table_rows(plain), table_rows(uri)
+    assert sorted(b) == sorted(f"file://{p}" for p in a)
+    for path, row in a.items():
+        assert b[f"file://{path}"]["indices"] == row["indices"]
+        assert b[f"file://{path}"]["size"] == row["size"]
+    r = CliRunner().invoke(main, ["scan", f"file://{tmp_path}/nothing-here", "-o",
+                                  str(tmp_path / "x")])
+    assert r.exit_code != 0 and "no such file or folder" in r.output
+
+
 def test_user_mistakes_are_one_line(folder, tmp_path, exported):
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["scan", str(tmp_path / "nope"), "-o", str(out)])
