@@ -34,22 +34,25 @@ class GradientCAM(Explainer):
         return None
 
     def compute(self, ctx: Context) -> torch.Tensor:
-        if ctx.channel_gradient is not None and ctx.activations.device.type == "cpu":
+        on_cpu = ctx.activations.device.type == "cpu"
+        w = None
+        if ctx.channel_gradient is not None and on_cpu:
             a = ctx.activations.detach().float().numpy()
             w = self.channel_weights(a, ctx.channel_gradient.float().numpy())
-            if w is not None:
-                # The same torch contraction as below, so the fast and the autograd maps sum
-                # in the same order (maps that come from cancelling terms keep agreeing).
-                cam = torch.einsum("nc,nchw->nhw", torch.from_numpy(np.ascontiguousarray(
-                    w, dtype=np.float32)), ctx.activations.float())
+        if w is None:
+            acts, grads = ctx.activations.float(), ctx.gradients.float()
+            w = self.weights(acts, grads)
+            if w.dim() != 2 or not on_cpu:
+                cam = (torch.einsum("nc,nchw->nhw", w, acts) if w.dim() == 2
+                       else (w * acts).sum(dim=1))
                 return F.relu(cam)
-        acts, grads = ctx.activations.float(), ctx.gradients.float()
-        w = self.weights(acts, grads)
-        if w.dim() == 2:
-            cam = torch.einsum("nc,nchw->nhw", w, acts)
-        else:
-            cam = (w * acts).sum(dim=1)
-        return F.relu(cam)
+            w = w.detach().numpy()
+        # Channel weights on the CPU: NumPy's einsum (plain C loops: no BLAS or OpenMP threads
+        # to wake beside ONNX Runtime's), the same call for the fast path and autograd, so
+        # both sum in the same order (maps made of cancelling terms keep agreeing).
+        a = ctx.activations.detach().float().numpy()
+        cam = np.einsum("nc,nchw->nhw", np.ascontiguousarray(w, dtype=np.float32), a)
+        return torch.from_numpy(np.maximum(cam, 0.0, dtype=np.float32))
 
 
 @register("grad-cam")
