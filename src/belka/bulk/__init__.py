@@ -144,7 +144,7 @@ def scan(sources: Sequence[str | os.PathLike], out: str | os.PathLike, task: Tas
             try:
                 n = _workers(runner, workers)
                 startup = time.perf_counter() - started
-                rtask = replace(task, threads=task.threads or 1)
+                rtask = _actor_task(task)
                 for rows in ray_runner.write(rtask, Preparer.of(task, model, _gate(task, model)),
                                              todo, writer, workers=n, batch_size=batch_size,
                                              checkpoint=checkpoint):
@@ -166,6 +166,13 @@ def scan(sources: Sequence[str | os.PathLike], out: str | os.PathLike, task: Tas
                             counts[v] = counts.get(v, 0) + 1
     return ScanSummary(str(out), runner, len(files), already, written, errors,
                        time.perf_counter() - started, startup, counts)
+
+
+def _actor_task(task: Task) -> Task:
+    """The task as Ray actors load it: one ONNX Runtime thread each, and with a head the head's
+    own backbone (the driver has already refused a --model that does not fit the head)."""
+    return replace(task, threads=task.threads or 1,
+                   model=None if task.head else task.model)
 
 
 def _is_in(table, paths):
@@ -221,7 +228,7 @@ def iter_rows(task: Task, paths: Sequence[str], *, runner: str = "local",
     stop = ray_runner.connect(address, ray_cpus)
     try:
         n = _workers(runner, workers)
-        yield from ray_runner.iter_rows(replace(task, threads=task.threads or 1),
+        yield from ray_runner.iter_rows(_actor_task(task),
                                         Preparer.of(task, model, _gate(task, model)), list(paths),
                                         workers=n, batch_size=batch_size)
     finally:
