@@ -12,7 +12,7 @@ import hashlib
 import inspect
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -274,7 +274,3 @@ def prepared_from_columns(cols: dict[str, list]) -> list[Prepared]:
         out.append(Prepared(path, cols["size"][i], cols["sha256"][i], cols["error"][i], arr,
                             boxes, cols["n_aug"][i]))
     return out
-
-
-def with_threads(task: Task, threads: int | None) -> Task:
-    return replace(task, threads=threads)
