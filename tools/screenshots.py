@@ -96,8 +96,15 @@ def main() -> int:
                 expect(page.locator("#learn-status")).to_contain_text("final a")
                 shot("lab")
 
-                if page.goto(server.url + "/pictures").ok:
-                    shot("pictures")
+                page.goto(server.url + "/pictures")
+                page.set_input_files("#style-content", str(work / "chelsea.jpg"))
+                page.select_option("#style-pattern", "strokes")
+                page.fill("#style-size", "128")
+                page.fill("#style-steps", "30")
+                page.click("#style-form button[type=submit]")
+                expect(page.locator("#job-caption")).not_to_be_empty()
+                page.wait_for_function("() => document.querySelector('#job-picture').naturalWidth > 0")
+                shot("pictures")
                 page.close()
             browser.close()
     if errors:

@@ -19,6 +19,7 @@ window.addEventListener("DOMContentLoaded", () => {
     $("#picture-job").hidden = false;
     $("#job-title").textContent = title;
     $("#job-cancel").disabled = false;
+    $("#job-cancel").hidden = false;
     $("#job-caption").textContent = "";
     $("#job-picture").removeAttribute("src");
     watch(body.id, body.preview_url);
@@ -42,16 +43,21 @@ window.addEventListener("DOMContentLoaded", () => {
         const result = (await api(body.result_url)).body;
         $("#job-picture").src = result.url;
         $("#job-caption").textContent = describe(result);
+        $("#job-title").textContent = "Done";
+        $("#job-status").textContent = `done: ${body.total} steps`;
         break;
       }
       if (body.status === "failed" || body.status === "cancelled") {
         if (body.status === "failed") showError(body.error || "The job failed.");
-        $("#job-status").textContent = body.status;
+        $("#job-title").textContent = body.status === "failed" ? "Failed" : "Cancelled";
+        $("#job-status").textContent = body.status === "cancelled"
+          ? `cancelled at step ${body.done} of ${body.total}` : body.status;
         break;
       }
     }
     current = null;
     $("#job-cancel").disabled = true;
+    $("#job-cancel").hidden = true;
   }
 
   function describe(r) {
