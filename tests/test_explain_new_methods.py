@@ -176,8 +176,8 @@ def test_gradientshap_is_exact_on_a_linear_model_like_captum():
 
 
 def test_gradientshap_is_complete_in_expectation(model, chelsea):
-    e = explain(model, chelsea, target=282, method="gradientshap", samples=24,
-                internal_batch_size=12)[0]
+    e = explain(model, chelsea, target=282, method="gradientshap", samples=16,
+                internal_batch_size=16)[0]
     gap, stderr = e.details["completeness_gap"], e.details["completeness_stderr"]
     assert stderr > 0
     assert abs(gap) < 4 * stderr + 1e-3            # a Monte Carlo estimate: within 4 std errors
