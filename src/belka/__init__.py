@@ -67,5 +67,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'belka' has no attribute {name!r}")
 
 
-__all__ = ["load", "explain", "style", "visualize", "Model", "Prediction", "Gate", "CheckResult", "BelkaError", "ImageError",
-           "ModelError", "UsageError", "WeightsError", "__version__"]
+__all__ = ["load", "explain", "style", "visualize", "Model", "Prediction", "Gate", "CheckResult",
+           "BelkaError", "ImageError", "ModelError", "UsageError", "WeightsError", "__version__"]
