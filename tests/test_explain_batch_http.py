@@ -1,8 +1,7 @@
 """Several files explained as one background job over HTTP (belka.server.explain_batch).
 
-The handler is tested on the real app with a route added here; the public route
-(``POST /api/v1/explain`` with several ``files`` parts) is wired in api.py by the server
-engineer, and its test below is skipped until then."""
+The handler is tested on the real app with a route added here, and through the public route
+(``POST /api/v1/explain`` with several ``files`` parts)."""
 
 from __future__ import annotations
 
@@ -109,7 +108,6 @@ def test_a_group_target_and_another_method(client):
     assert answer["method"] == "layercam"
 
 
-@pytest.mark.skip(reason="wired into api.py by the server engineer")
 def test_public_route_takes_several_files(tmp_path, model):
     app = create_app(ServerConfig(data_dir=tmp_path / "data", allow="cat"), model=model)
     with TestClient(app) as client:
@@ -119,3 +117,14 @@ def test_public_route_takes_several_files(tmp_path, model):
         status = wait(client, r.json())
         answer = client.get(status["result_url"]).json()
         assert [i["filename"] for i in answer["items"]] == ["a.jpg", "b.jpg"]
+
+
+def test_the_public_route_says_what_to_send(tmp_path, model):
+    app = create_app(ServerConfig(data_dir=tmp_path / "data", allow="cat"), model=model)
+    with TestClient(app) as client:
+        r = client.post("/api/v1/explain", data={"method": "gradcam"})
+        assert r.status_code == 400 and "'file'" in r.json()["detail"]
+        both = [("file", ("a.jpg", jpeg(skdata.chelsea()), "image/jpeg")),
+                ("files", ("b.jpg", jpeg(skdata.coffee()), "image/jpeg"))]
+        r = client.post("/api/v1/explain", files=both)
+        assert r.status_code == 400 and "not both" in r.json()["detail"]

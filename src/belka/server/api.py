@@ -89,14 +89,26 @@ async def check(request: Request, file: ImageFile,
 
 
 @router.post("/explain")
-async def explain(request: Request, file: ImageFile,
+async def explain(request: Request,
+                  file: Annotated[UploadFile | None, File(description="the image")] = None,
+                  files: Annotated[list[UploadFile] | None, File(
+                      description="several images, explained as one background job")] = None,
                   method: Annotated[str, Form(max_length=NAME)] = "gradcam",
                   layer: Annotated[str | None, Form(max_length=NAME)] = None,
                   target: Annotated[str | None, Form(alias="class", max_length=NAME)] = None,
                   background: bool = Form(False)):
     """A heat map of where the model looked. Slow methods (Score-CAM, occlusion) may run as a
     background job with ``background=true``: the answer is 202 with the job to poll. A queued
-    job keeps the file's bytes, not its pixels; it decodes when it starts."""
+    job keeps the file's bytes, not its pixels; it decodes when it starts. Several images in
+    ``files`` are always one background job (202), whose result lists one answer per image."""
+    from .explain_batch import explain_files
+
+    if files:
+        if file is not None:
+            raise UsageError("send either one image in 'file' or several in 'files', not both")
+        return await explain_files(request, files, method, layer, target)
+    if file is None:
+        raise UsageError("send an image in the field 'file' (or several in 'files')")
     s = service(request)
     data = await file.read()
     name = file.filename or "upload"
