@@ -16,6 +16,7 @@ import difflib
 import json
 import math
 import operator
+import threading
 import weakref
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
@@ -740,6 +741,11 @@ class LayerTracer(fx.Tracer):
 
 
 _TRACES: "weakref.WeakKeyDictionary[nn.Module, fx.GraphModule]" = weakref.WeakKeyDictionary()
+# torch.fx patches nn.Module.__call__ for the whole process while it traces: two traces at once
+# corrupt each other, and a forward pass in another thread meanwhile is taken for part of the
+# trace. Traces are serialised here; a server traces its models before it serves (and so never
+# while other threads run them).
+_TRACE_LOCK = threading.Lock()
 
 
 def trace(model: ModelLike) -> fx.GraphModule:
@@ -747,14 +753,18 @@ def trace(model: ModelLike) -> fx.GraphModule:
     once per module and cached. Raises :class:`ModelError` when ``torch.fx`` cannot trace it."""
     module = _module(model)
     traced = _TRACES.get(module)
-    if traced is None:
-        try:
-            graph = LayerTracer().trace(module)
-        except Exception as err:  # fx raises many kinds on data-dependent control flow
-            raise ModelError(f"cannot trace {type(module).__name__} with torch.fx "
-                             f"({type(err).__name__}: {err})") from None
-        traced = fx.GraphModule(module, graph, class_name=type(module).__name__)
-        _TRACES[module] = traced
+    if traced is not None:
+        return traced
+    with _TRACE_LOCK:
+        traced = _TRACES.get(module)
+        if traced is None:
+            try:
+                graph = LayerTracer().trace(module)
+            except Exception as err:  # fx raises many kinds on data-dependent control flow
+                raise ModelError(f"cannot trace {type(module).__name__} with torch.fx "
+                                 f"({type(err).__name__}: {err})") from None
+            traced = fx.GraphModule(module, graph, class_name=type(module).__name__)
+            _TRACES[module] = traced
     return traced
 
 

@@ -113,7 +113,15 @@ class ModelViews:
     def _new_view(self):
         module = self.model.module
         shared = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
-        return copy.deepcopy(self.model, shared)
+        view = copy.deepcopy(self.model, shared)
+        _trace_quietly(view)
+        return view
+
+    def prefill(self, n: int) -> None:
+        """Make ``n`` views now, before serving: a view is traced (torch.fx) when it is made,
+        and a trace must not run while other threads run the network."""
+        for _ in range(n):
+            self._free.put(self._new_view())
 
     @contextmanager
     def borrow(self):
@@ -125,6 +133,18 @@ class ModelViews:
             yield view
         finally:
             self._free.put(view)
+
+
+def _trace_quietly(model) -> None:
+    """Trace the model's graph (the split machinery, pictures) now; a model torch.fx cannot
+    trace is simply left untraced (those features say so when asked)."""
+    from ..errors import ModelError
+    from ..inspect import trace
+
+    try:
+        trace(model)
+    except ModelError:
+        pass
 
 
 def return_big_buffers_to_the_os(threshold: int = 1 << 20) -> bool:
@@ -176,6 +196,9 @@ class Service:
         self.memory = MemoryBudget(config.memory_bytes, wait_s=config.memory_wait_s)
         self.pngs = HeatmapCache()
         self.explain_models = ModelViews(self.model)
+        # Everything torch.fx traces is traced now, before any request runs the network.
+        _trace_quietly(self.model)
+        self.explain_models.prefill(config.workers + config.job_workers)
 
     def close(self) -> None:
         self.jobs.close()
