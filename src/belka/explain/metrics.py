@@ -101,16 +101,22 @@ def _order(raw: np.ndarray, seed: int = 0) -> np.ndarray:
     return perm[np.argsort(-flat[perm], kind="stable")]
 
 
+def _raw_on_grid(explanation: Explanation, h: int, w: int) -> np.ndarray:
+    """The explanation's raw map on the model's h x w input grid (bilinear when it is coarser)."""
+    raw = np.asarray(explanation.raw, dtype=np.float32)
+    if raw.shape != (h, w):
+        raw = F.interpolate(torch.from_numpy(raw)[None, None], size=(h, w), mode="bilinear",
+                            align_corners=False)[0, 0].numpy()
+    return raw
+
+
 def _curve(kind: str, model, image, explanation: Explanation, steps: int, baseline: str,
            batch_size: int, resize: str | None) -> Curve:
     if steps < 1:
         raise UsageError("a curve needs steps >= 1")
     x = _input(model, image, explanation, resize)
     h, w = x.shape[-2:]
-    raw = np.asarray(explanation.raw, dtype=np.float32)
-    if raw.shape != (h, w):
-        raw = F.interpolate(torch.from_numpy(raw)[None, None], size=(h, w), mode="bilinear",
-                            align_corners=False)[0, 0].numpy()
+    raw = _raw_on_grid(explanation, h, w)
     rank = np.empty(h * w, dtype=np.int64)
     rank[_order(raw)] = np.arange(h * w)
     rank_t = torch.from_numpy(rank).to(x.device).view(1, 1, h, w)
@@ -366,10 +372,7 @@ def road(model, image, explanation: Explanation, *,
     edges for the model to react to, so the scores follow the removed information."""
     x = _input(model, image, explanation, resize)
     h, w = x.shape[-2:]
-    raw = np.asarray(explanation.raw, dtype=np.float32)
-    if raw.shape != (h, w):
-        raw = F.interpolate(torch.from_numpy(raw)[None, None], size=(h, w), mode="bilinear",
-                            align_corners=False)[0, 0].numpy()
+    raw = _raw_on_grid(explanation, h, w)
     order = _order(raw)                                   # most relevant first
     fractions = np.asarray(fractions, dtype=np.float64)
     if fractions.size == 0 or (fractions <= 0).any() or (fractions >= 1).any():

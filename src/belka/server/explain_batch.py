@@ -20,33 +20,19 @@ the others are still explained. The answer:
 
 from __future__ import annotations
 
-import re
-
-import numpy as np
 from fastapi import Request, UploadFile
 from fastapi.responses import JSONResponse
-from PIL import Image
 
 from ..errors import BelkaError, UsageError
 
 MAX_FILES = 64       # images one job may take
 CHUNK = 8            # images decoded and explained together inside the job
-_DIGITS = re.compile(r"-?[0-9]{1,9}")
-
-
-def _integer_or_name(value: str | None) -> int | str | None:
-    if not value:
-        return None
-    return int(value) if _DIGITS.fullmatch(value) else value
 
 
 def explain_uploads(service, uploads: list[tuple[str, bytes]], *, method: str = "gradcam",
                     layer=None, target=None, job=None, chunk: int = CHUNK) -> dict:
     """The job's work: (filename, bytes) pairs -> the answer described in the module doc."""
     from ..explain import explain_many, map_statistics
-    from ..explain.base import geometry, heatmap_on_image
-    from ..explain.render import overlay as draw_overlay
-    from .service import display_copy, png
 
     total = len(uploads)
     items: list[dict] = []
@@ -54,7 +40,6 @@ def explain_uploads(service, uploads: list[tuple[str, bytes]], *, method: str = 
     if job is not None:
         job.progress(0, total)
     with service.explain_models.borrow() as model:
-        prep = model.preprocessing
         for start in range(0, total, chunk):
             part = uploads[start:start + chunk]
             cost = sum(service.cost(data, name) for name, data in part)
@@ -79,20 +64,11 @@ def explain_uploads(service, uploads: list[tuple[str, bytes]], *, method: str = 
                 for answer, image, item in zip(ok, decoded, results):
                     exp = item.explanation
                     layer_name = exp.layer
-                    shown = display_copy(image)
-                    geo = geometry(image.shape[0], image.shape[1], prep.size, prep.policy,
-                                   prep.crop_fraction)
-                    sy, sx = image.shape[0] / shown.shape[0], image.shape[1] / shown.shape[1]
-                    geo = type(geo)(shown.shape[0], shown.shape[1], geo.size, geo.scale_y * sy,
-                                    geo.scale_x * sx, geo.offset_y, geo.offset_x)
-                    heat = heatmap_on_image(exp.raw, geo)
-                    picture = draw_overlay(shown, heat).convert("RGB")
-                    grey = Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8))
+                    overlay_url, heatmap_url = service.draw(image, exp)
                     answer.update({
                         "method": exp.method, "layer": exp.layer, "classes": list(exp.indices),
                         "label": exp.label, "probability": exp.probability, "score": exp.score,
-                        "overlay_url": f"/api/v1/png/{service.pngs.put(png(picture))}",
-                        "heatmap_url": f"/api/v1/png/{service.pngs.put(png(grey))}",
+                        "overlay_url": overlay_url, "heatmap_url": heatmap_url,
                         "stats": map_statistics(exp)})
                 items.extend(answers)
             finally:
@@ -111,6 +87,7 @@ async def explain_files(request: Request, files: list[UploadFile], method: str =
     and not a failed job later; too many files (over :data:`MAX_FILES`) or none is a 400 too.
     """
     from ..explain.base import get_method, resolve_layer, resolve_target
+    from .api import integer_or_name
 
     s = request.app.state.service
     if not files:
@@ -118,7 +95,7 @@ async def explain_files(request: Request, files: list[UploadFile], method: str =
     if len(files) > MAX_FILES:
         raise UsageError(f"one job explains at most {MAX_FILES} images (got {len(files)}); "
                          "send them in several requests")
-    layer, target = _integer_or_name(layer), _integer_or_name(target)
+    layer, target = integer_or_name(layer), integer_or_name(target)
     cls = get_method(method)
     if cls.uses_layer and layer is not None:
         resolve_layer(s.model, layer)

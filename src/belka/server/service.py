@@ -257,9 +257,7 @@ class Service:
         input tensor, so the same numbers); the pictures are drawn on a copy at most
         DISPLAY_SIDE px on its longer side, so a huge photo costs no more than a big one."""
         from ..explain import explain
-        from ..explain.base import geometry, heatmap_on_image
-        from ..explain.render import overlay as draw_overlay
-        from ..tiling import Box, crop_resized, place_heatmap
+        from ..tiling import crop_resized
 
         prep = self.model.preprocessing
         if box is None:
@@ -271,6 +269,21 @@ class Service:
         with self.explain_models.borrow() as model:
             exp = explain(model, x[0], target=target, method=method, layer=layer,
                           progress=job.progress if job is not None else False)
+        overlay_url, heatmap_url = self.draw(image, exp, box)
+        return {"method": exp.method, "layer": exp.layer, "classes": list(exp.indices),
+                "label": exp.label, "probability": exp.probability, "score": exp.score,
+                "tile": None if box is None else box.to_list(),
+                "overlay_url": overlay_url, "heatmap_url": heatmap_url}
+
+    def draw(self, image: np.ndarray, exp, box=None) -> tuple[str, str]:
+        """URLs of the overlay and the grey heat map of ``exp`` (explained on the model's input
+        made from ``image``, or from its tile ``box``), drawn on a copy at most DISPLAY_SIDE px
+        on its longer side; a tile's heat map lands in its box, outlined."""
+        from ..explain.base import geometry, heatmap_on_image
+        from ..explain.render import overlay as draw_overlay
+        from ..tiling import Box, place_heatmap
+
+        prep = self.model.preprocessing
         shown = display_copy(image)
         sy, sx = image.shape[0] / shown.shape[0], image.shape[1] / shown.shape[1]
         if box is None:
@@ -292,11 +305,8 @@ class Service:
                 [shown_box.x0, shown_box.y0, shown_box.x1 - 1, shown_box.y1 - 1],
                 outline=(255, 255, 255), width=width)
         heat = Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype(np.uint8))  # grey, "L"
-        return {"method": exp.method, "layer": exp.layer, "classes": list(exp.indices),
-                "label": exp.label, "probability": exp.probability, "score": exp.score,
-                "tile": None if box is None else box.to_list(),
-                "overlay_url": f"/api/v1/png/{self.pngs.put(png(picture))}",
-                "heatmap_url": f"/api/v1/png/{self.pngs.put(png(heat))}"}
+        return (f"/api/v1/png/{self.pngs.put(png(picture))}",
+                f"/api/v1/png/{self.pngs.put(png(heat))}")
 
     def store(self, data: bytes, image: np.ndarray, filename: str, result: dict):
         try:
