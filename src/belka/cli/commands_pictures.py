@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from contextlib import contextmanager
 
@@ -15,6 +14,16 @@ from .commands_models import load_model
 
 MAX_SIZE = 1024
 MAX_STEPS = 2000
+
+
+def __getattr__(name: str):
+    # parse_channels and parse_direction live in belka.optimize.common (the server uses them
+    # too); they are loaded on first use so that `belka --help` does not import torch.
+    if name in ("parse_channels", "parse_direction"):
+        from ..optimize import common
+
+        return getattr(common, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _model_option(f):
@@ -118,50 +127,6 @@ def _style_source(text: str):
     return images.decode(text)
 
 
-def parse_channels(text: str) -> list[int]:
-    """``0-15``, ``3,7,9`` or a mix (``0-3,10``) -> channel indices."""
-    out: list[int] = []
-    for part in (p.strip() for p in text.split(",")):
-        m = re.fullmatch(r"(\d{1,6})(?:\s*-\s*(\d{1,6}))?", part)
-        if not m:
-            raise UsageError(f"--channels takes indices and ranges like 0-15 or 3,7,9, got {text!r}")
-        lo, hi = int(m[1]), int(m[2] or m[1])
-        if hi < lo:
-            raise UsageError(f"--channels range {part!r} runs backwards")
-        if hi - lo >= 64 or len(out) + hi - lo + 1 > 64:
-            raise UsageError("--channels makes one picture per channel: at most 64")
-        out.extend(range(lo, hi + 1))
-    return out
-
-
-def parse_direction(text: str, channels: int | None = None) -> list[float]:
-    """A direction: ``CHANNEL:WEIGHT`` pairs (``12:1,40:-0.5``, the rest 0; needs the layer's
-    channel count) or a ``.npy`` file with one number per channel."""
-    import numpy as np
-
-    if text.endswith(".npy"):
-        try:
-            values = np.load(text, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"cannot read the direction {text!r}: {err}") from None
-        return [float(v) for v in np.asarray(values, dtype=np.float64).ravel()]
-    pairs = {}
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        m = re.fullmatch(r"(\d{1,6})\s*:\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)", part)
-        if not m:
-            raise UsageError(f"--direction takes CHANNEL:WEIGHT pairs like 12:1,40:-0.5 or a "
-                             f".npy file, got {part!r}")
-        pairs[int(m[1])] = float(m[2])
-    if not pairs:
-        raise UsageError("--direction is empty")
-    if channels is not None and max(pairs) >= channels:
-        raise UsageError(f"--direction names channel {max(pairs)}; the layer has {channels}")
-    values = [0.0] * (channels or max(pairs) + 1)
-    for c, w in pairs.items():
-        values[c] = w
-    return values
-
-
 @main.command("visualize")
 @click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="picture to write (.png, .jpg or .webp); several pictures become one grid")
@@ -205,6 +170,7 @@ def visualize_command(out_path, layer, channel, channels, neuron, direction, tar
       belka visualize --class "fox squirrel" --diversity 4 -o four.png
     """
     from ..optimize import visualize
+    from ..optimize.common import parse_channels, parse_direction
     from ..optimize.visualize import _channels
 
     model = load_model(model_name, weights)

@@ -188,8 +188,8 @@ async def visualize_job(request: Request,
     """What a channel (``layer`` + ``channel``), a neuron (+ ``neuron=true``), a direction
     (``layer`` + ``direction`` as ``C:W,...``), several channels (``layer`` + ``channels`` like
     ``0-15``: a grid) or a class (``class``) looks for. A background job like ``/style``."""
-    from ..cli.commands_pictures import parse_channels, parse_direction
     from ..inspect import get_layer
+    from ..optimize.common import parse_channels, parse_direction
     from ..optimize.visualize import _channels, make_objective
 
     service = request.app.state.service
