@@ -488,7 +488,7 @@ def quantize_int8(model: Model, calibration: Iterable[str | os.PathLike], *, lim
     from onnxruntime import quantization as q
 
     from . import images
-    from .pipeline import draft_size
+    from .models.preprocessing import draft_size
 
     files = sorted(map(str, calibration))
     if len(files) > limit:  # an even spread, not the first folder only

@@ -25,10 +25,10 @@ import numpy as np
 from . import images
 from .engine import Engine
 from .errors import BelkaError
+from .models.preprocessing import Preprocessing, draft_size
 
 if TYPE_CHECKING:
     from .models.model import Model
-    from .models.preprocessing import Preprocessing
 
 __all__ = ["Result", "draft_size", "iter_predictions", "load_resized"]
 
@@ -41,16 +41,6 @@ class Result(NamedTuple):
     path: str
     probabilities: np.ndarray | None
     error: str | None
-
-
-def draft_size(preprocessing: Preprocessing, policy: str | None = None) -> tuple[int, int]:
-    """The smallest (width, height) a JPEG may be decoded at without losing detail the resize
-    policy keeps: the crop policy's shorter side (256 for a 224 input at 0.875), else the input
-    size. Draft mode keeps both sides at least this large."""
-    policy = policy or preprocessing.policy
-    side = round(preprocessing.size / preprocessing.crop_fraction) if policy == "crop" \
-        else preprocessing.size
-    return side, side
 
 
 def load_resized(path: StrPath, preprocessing: Preprocessing, policy: str | None = None,

@@ -43,3 +43,13 @@ class Preprocessing:
     def __call__(self, images: Sequence[np.ndarray], policy: str | None = None) -> torch.Tensor:
         """Decoded images (any sizes) -> one batch tensor."""
         return self.normalize(np.stack([self.resize(im, policy) for im in images]))
+
+
+def draft_size(preprocessing: Preprocessing, policy: str | None = None) -> tuple[int, int]:
+    """The smallest (width, height) a JPEG may be decoded at without losing detail the resize
+    policy keeps: the crop policy's shorter side (256 for a 224 input at 0.875), else the input
+    size. Draft mode keeps both sides at least this large."""
+    policy = policy or preprocessing.policy
+    side = round(preprocessing.size / preprocessing.crop_fraction) if policy == "crop" \
+        else preprocessing.size
+    return side, side
