@@ -46,7 +46,8 @@ from PIL import (  # noqa: F401  (importing a plugin registers its decoder)
     WebPImagePlugin,
 )
 
-from .errors import CorruptImageError, ImageError, ImageTooLargeError, NotAnImageError, UsageError
+from .errors import (BelkaError, CorruptImageError, ImageError, ImageTooLargeError, NotAnImageError,
+                     UsageError)
 from .files import write_atomic
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -482,6 +483,23 @@ def iter_image_files(
         else:
             raise ImageError("no such file or folder", path=str(path))
     return list(found)
+
+
+def expand_paths(paths: Iterable[StrPath]) -> Iterator[tuple[str, str | None]]:
+    """(file, None) for every image file under ``paths``, or (path, error) for a bad path or
+    a folder with no image in it (so an empty folder is said, not silently skipped)."""
+    for path in paths:
+        try:
+            found = iter_image_files([path])
+        except BelkaError as err:
+            yield str(path), err.message
+            continue
+        if not found and os.path.isdir(path):
+            yield str(path), ("no images in this folder (looked for "
+                              f"{', '.join(sorted(IMAGE_EXTENSIONS))}, in sub-folders too; "
+                              "hidden files are skipped)")
+        for file in found:
+            yield str(file), None
 
 
 def _images_in(folder: Path, recursive: bool) -> Iterator[Path]:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from . import images
-from .errors import BelkaError
+from .images import expand_paths
 from .models.model import Model
+
+expand = expand_paths   # the old name: files are listed by belka.images
 
 
 @dataclass
@@ -22,23 +23,6 @@ class ScanItem:
     path: str
     probabilities: np.ndarray | None = None
     error: str | None = None
-
-
-def expand(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str | None]]:
-    """(file, None) for every image file under ``paths``, or (path, error) for a bad path or
-    a folder with no image in it (so an empty folder is said, not silently skipped)."""
-    for path in paths:
-        try:
-            found = images.iter_image_files([path])
-        except BelkaError as err:
-            yield str(path), err.message
-            continue
-        if not found and os.path.isdir(path):
-            yield str(path), ("no images in this folder (looked for "
-                              f"{', '.join(sorted(images.IMAGE_EXTENSIONS))}, in sub-folders too; "
-                              "hidden files are skipped)")
-        for file in found:
-            yield str(file), None
 
 
 def scan(model: Model, paths: Sequence[str | os.PathLike], *, batch_size: int = 32,
@@ -55,7 +39,7 @@ def scan(model: Model, paths: Sequence[str | os.PathLike], *, batch_size: int = 
     from .engine import physical_cores
     from .pipeline import iter_predictions
 
-    entries = list(expand(paths))
+    entries = list(expand_paths(paths))
     # None lets tqdm decide: a bar on a terminal, nothing when stderr is a pipe or a file.
     disable = (True if len(entries) <= 4 else None) if progress is None else not progress
     bad = {i: error for i, (_, error) in enumerate(entries) if error is not None}

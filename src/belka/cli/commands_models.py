@@ -129,10 +129,10 @@ def _tiled_items(model, paths, resize):
     """scan()-like items whose probabilities are each class's best view (belka.tiling)."""
     from .. import images
     from ..errors import ImageError
-    from ..scan import ScanItem, expand
+    from ..scan import ScanItem
     from ..tiling import tiled_probabilities
 
-    for path, error in expand(paths):
+    for path, error in images.expand_paths(paths):
         if error is None:
             try:
                 probs, _, _ = tiled_probabilities(model, images.decode(path), policy=resize)
