@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 
 from .errors import BelkaError, ImageError, ModelError, UsageError, WeightsError
-
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def load(name: str | None = None, *, weights: str | os.PathLike | None = None,
@@ -38,7 +37,7 @@ def load(name: str | None = None, *, weights: str | os.PathLike | None = None,
     if head is None:
         return load_model(name or "efficientnet_lite0", weights=weights, device=device,
                           progress=progress, engine=engine)
-    from .heads import Head
+    from .heads.head import Head
 
     trained = Head.load(head)
     base = load_model(name or trained.backbone.get("name") or "efficientnet_lite0",

@@ -16,204 +16,31 @@ folder and calibrates on out-of-fold scores instead.
 A *policy* (:class:`Policy`) is the result in a small JSON file: what to allow, the threshold,
 tiling on or off, which backbone and head it was measured for, and the measurement.
 ``belka check --policy policy.json`` uses it.
+
+The threshold choice lives in :mod:`belka.thresholds` and the policy file in :mod:`belka.policy`
+(both below the gate); this module, on top of the gate and the heads, scores folders with them
+and re-exports their names.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from .errors import BelkaError, ModelError, UsageError
-from .files import write_atomic
-
-POLICY_FORMAT = "belka-policy"
-POLICY_VERSION = 1
-
-
-def choose_threshold(negative_scores: Sequence[float], max_false_accept: float,
-                     floor: float = 0.0) -> float:
-    """A threshold (accept when score >= threshold) that accepts at most
-    ``a = floor(max_false_accept * len(negative_scores))`` negatives; at least ``floor``, at most 1.
-
-    With ``a`` = 0 it is just above the highest negative. Otherwise it lies halfway (geometric
-    mean: scores are probabilities spanning decades) between the highest negative that must be
-    refused and the next one up, which may pass: the same count on these photos, but a margin
-    on the refused side instead of a threshold that touches a negative's score."""
-    if not 0.0 <= max_false_accept <= 1.0:
-        raise UsageError(f"the false-accept target must be between 0 and 1, got {max_false_accept}")
-    neg = np.sort(np.asarray(negative_scores, dtype=np.float64))[::-1]
-    if len(neg) == 0:
-        return float(floor)
-    allowed = int(math.floor(max_false_accept * len(neg) + 1e-9))
-    if allowed >= len(neg):
-        return float(floor)
-    threshold = float(np.nextafter(neg[allowed], np.inf))
-    if allowed > 0 and neg[allowed] > 0 and neg[allowed - 1] > threshold:
-        threshold = float(np.sqrt(neg[allowed] * neg[allowed - 1]))
-    return float(min(1.0, max(floor, threshold)))
-
-
-@dataclass
-class HeldOut:
-    """Thresholds chosen on training folds, measured on the held-out fold, summed over folds."""
-
-    thresholds: list[float]
-    false_accepts: int
-    negatives: int
-    accepts: int
-    positives: int
-    accepted: np.ndarray | None = None     # per photo: accepted by its held-out fold's threshold
-
-    @property
-    def heldout_false_accept_rate(self) -> float:
-        return self.false_accepts / self.negatives if self.negatives else 0.0
-
-    @property
-    def heldout_accept_rate(self) -> float:
-        return self.accepts / self.positives if self.positives else 0.0
-
-    def to_dict(self) -> dict:
-        return {"fold_thresholds": [round(t, 6) for t in self.thresholds],
-                "false_accepts": self.false_accepts, "negatives": self.negatives,
-                "accepts": self.accepts, "positives": self.positives,
-                "false_accept_rate": round(self.heldout_false_accept_rate, 4),
-                "accept_rate": round(self.heldout_accept_rate, 4)}
-
-
-def cross_validated_threshold(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray,
-                              max_false_accept: float, *, folds: int = 5, seed: int = 0,
-                              floor: float = 0.0) -> HeldOut:
-    """Choose on k-1 folds, measure on the k-th, for each fold (see the module docstring)."""
-    from .heads import fold_splits
-
-    scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
-    out = HeldOut([], 0, 0, 0, 0, np.zeros(len(scores), dtype=bool))
-    for train_rows, test_rows in fold_splits(positive.astype(np.int64), np.asarray(groups),
-                                             folds, seed):
-        train_neg = scores[train_rows][~positive[train_rows]]
-        t = choose_threshold(train_neg, max_false_accept, floor)
-        test_scores, test_pos = scores[test_rows], positive[test_rows]
-        out.thresholds.append(t)
-        out.accepted[test_rows] = test_scores >= t
-        out.false_accepts += int((test_scores[~test_pos] >= t).sum())
-        out.negatives += int((~test_pos).sum())
-        out.accepts += int((test_scores[test_pos] >= t).sum())
-        out.positives += int(test_pos.sum())
-    return out
-
-
-def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(false-accept rates, accept rates, thresholds) for every distinct score, descending."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
-    thresholds = np.unique(scores)[::-1]
-    fa = np.array([(scores[~positive] >= t).mean() if (~positive).any() else 0.0 for t in thresholds])
-    acc = np.array([(scores[positive] >= t).mean() if positive.any() else 0.0 for t in thresholds])
-    return (np.concatenate([[0.0], fa, [1.0]]), np.concatenate([[0.0], acc, [1.0]]),
-            np.concatenate([[np.inf], thresholds, [-np.inf]]))
-
-
-def plot_roc(scores: np.ndarray, positive: np.ndarray, path: str | os.PathLike, *,
-             threshold: float | None = None, title: str = "ROC") -> Path:
-    """The ROC curve (accept rate of positives against false-accept rate) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fa, acc, _ = roc_curve(scores, positive)
-    fig, ax = plt.subplots(figsize=(5, 4.2))
-    ax.step(fa, acc, where="post", lw=2)
-    if threshold is not None:
-        s, p = np.asarray(scores), np.asarray(positive, bool)
-        x = float((s[~p] >= threshold).mean()) if (~p).any() else 0.0
-        y = float((s[p] >= threshold).mean()) if p.any() else 0.0
-        ax.plot([x], [y], "o", color="crimson", label=f"threshold {threshold:.4g}")
-        ax.legend(loc="lower right")
-    ax.set_xlabel("false-accept rate (negatives accepted)")
-    ax.set_ylabel("accept rate (positives accepted)")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-# ------------------------------------------------------------------------------------------
-# Policies
-
-
-@dataclass
-class Policy:
-    """A calibrated gate setting, saved as JSON."""
-
-    allow: list[str]
-    threshold: float
-    tiles: bool = True
-    max_false_accept: float | None = None
-    model: str | None = None
-    weights_sha256: str | None = None
-    head: str | None = None                  # the head's fingerprint, None for ImageNet labels
-    head_labels: list[str] | None = None
-    calibration: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"format": POLICY_FORMAT, "version": POLICY_VERSION, **asdict(self)}
-
-    def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        try:
-            write_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"))
-        except OSError as err:
-            raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Policy":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UsageError(f"{path}: no such policy file") from None
-        except (OSError, ValueError) as err:
-            raise UsageError(f"{path}: not a belka policy (JSON) file: {err}") from None
-        if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT:
-            raise UsageError(f"{path}: not a belka policy file (format must be {POLICY_FORMAT!r})")
-        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        try:
-            policy = cls(**fields)
-            policy.threshold = float(policy.threshold)
-        except (TypeError, ValueError) as err:
-            raise UsageError(f"{path}: bad policy: {err}") from None
-        if not 0.0 <= policy.threshold <= 1.0:
-            raise UsageError(f"{path}: threshold must be between 0 and 1")
-        return policy
-
-    def check_model(self, model) -> None:
-        """Raise unless ``model`` (and its head) is what this policy was calibrated for."""
-        head = getattr(model, "head", None)
-        if self.head and head is None:
-            raise UsageError("this policy was calibrated for a head: pass the same --head "
-                             f"(classes {', '.join(self.head_labels or [])})")
-        if head is not None and self.head != head.fingerprint:
-            raise UsageError("this policy was calibrated for a different head (or for the "
-                             "ImageNet classes): calibrate again with this head")
-        if self.model and model.name != self.model:
-            raise ModelError(f"this policy was calibrated on {self.model}, the model is {model.name}")
-        if self.weights_sha256 and model.weights_sha256 and self.weights_sha256 != model.weights_sha256:
-            raise ModelError("this policy was calibrated on other weights of "
-                             f"{model.name}: calibrate again")
+from .errors import BelkaError, UsageError
+from .gate import Gate
+from .heads.crossval import cross_validate
+from .heads.embed import embed_photos
+from .heads.fit import TrainOptions
+from .heads.photos import read_folder
+from .heads.training import seen_in_training
+from .policy import POLICY_FORMAT, POLICY_VERSION, Policy  # noqa: F401  (re-exported)
+from .thresholds import (HeldOut, choose_threshold, cross_validated_threshold,  # noqa: F401
+                         fold_splits, plot_roc, roc_curve)
+from .tiling import DEFAULT_TILING
 
 
 # ------------------------------------------------------------------------------------------
@@ -266,10 +93,7 @@ def score_folder(model, data_dir: str | os.PathLike, allow: str | Sequence[str],
     folder (its own training options) so that every photo gets an out-of-fold score from a
     head that never saw its source.
     """
-    from . import heads
-    from .gate import Gate
-
-    photos = heads.read_folder(
+    photos = read_folder(
         data_dir, purpose="calibration (the allowed class and other things)")
     positive_class = positive_folders(model, photos.labels, allow)
     if not positive_class.any():
@@ -279,7 +103,7 @@ def score_folder(model, data_dir: str | os.PathLike, allow: str | Sequence[str],
         raise UsageError(f"{data_dir}: every sub-folder holds {allow!r}; add photos of other things")
     positive = positive_class[photos.y]
     head = getattr(model, "head", None)
-    if head is not None and any(heads.seen_in_training(head, photos.paths)):
+    if head is not None and any(seen_in_training(head, photos.paths)):
         return _score_retrained(model, photos, positive, allow, tiles, folds, seed, progress,
                                 groups_file)
 
@@ -309,20 +133,17 @@ def score_folder(model, data_dir: str | os.PathLike, allow: str | Sequence[str],
 
 def _score_retrained(model, photos, positive, allow, tiles, folds, seed, progress,
                      groups_file=None) -> Scored:
-    from . import heads
-    from .tiling import DEFAULT_TILING
-
     head = model.head
-    options = heads.TrainOptions.from_dict(head.training.get("options", {}))
-    options = heads.TrainOptions(**{**{k: getattr(options, k) for k in options.__dataclass_fields__},
+    options = TrainOptions.from_dict(head.training.get("options", {}))
+    options = TrainOptions(**{**{k: getattr(options, k) for k in options.__dataclass_fields__},
                                     "folds": folds, "seed": seed,
                                     "tiling": (options.tiling or DEFAULT_TILING) if tiles else None})
     base = model.backbone
-    embedded = heads.embed_photos(base, photos.paths, augment=options.augment,
+    embedded = embed_photos(base, photos.paths, augment=options.augment,
                                   tiling=options.tiling, progress=progress)
     grouping = photos.sources(groups_file=groups_file, embeddings=embedded.whole)
     groups = grouping.ids
-    oof = heads.cross_validate(base, embedded, photos.y, groups, photos.labels, options, progress)
+    oof = cross_validate(base, embedded, photos.y, groups, photos.labels, options, progress)
     allow_idx = list(np.flatnonzero(positive_folders(model, photos.labels, allow)))
     scores = oof.scores(allow_idx, tiles=tiles)
     return Scored(list(photos.paths), photos.labels, photos.y, positive, scores, groups,

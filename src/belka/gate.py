@@ -25,9 +25,13 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import UsageError
+from . import images
+from .errors import ImageError, UsageError
+from .features import forward_features
 from .models import labels as _labels
 from .models.model import ImageLike, Model, Prediction
+from .policy import Policy
+from .scores import image_score
 from .tiling import DEFAULT_TILING, Box, Tiling, views as tile_views
 
 ACCEPT, WARN = "accept", "warn"
@@ -45,6 +49,10 @@ DEFAULT_THRESHOLD_NO_TILES = 0.01
 # and 1.5x below the 17th squirrel. (With 112 px tiles allowed, Chelsea the cat's 120 px corner
 # tile scored 0.079 as PNG and 0.13 as JPEG: small enlarged tiles are noise, see tiling.py.)
 DEFAULT_THRESHOLD = 0.1
+
+# With a head, when no calibrated threshold fits (several classes allowed: a head calibrates
+# one threshold per class).
+DEFAULT_HEAD_THRESHOLD = 0.5
 
 
 def default_threshold(tiles: bool) -> float:
@@ -104,7 +112,7 @@ class Gate:
     """Accept images whose allowed-class probability reaches ``threshold``.
 
     ``tiles``: True (default) for the whole image plus tiles, False for the whole image only, or
-    a :class:`~belka.tiling.Tiling`. ``policy``: a :class:`~belka.calibrate.Policy` or the path
+    a :class:`~belka.tiling.Tiling`. ``policy``: a :class:`~belka.policy.Policy` or the path
     of its JSON file; it supplies ``allow``, ``threshold`` and ``tiles`` unless they are given.
     Threshold when none is given: the policy's; else the head's calibrated one for this class
     and tiling; else :data:`DEFAULT_THRESHOLD` (tiles) or :data:`DEFAULT_THRESHOLD_NO_TILES`.
@@ -113,8 +121,6 @@ class Gate:
     def __init__(self, model: Model, allow: str | Iterable[str | int] | None = None,
                  threshold: float | None = None, *, tiles: bool | Tiling | None = None,
                  policy=None):
-        from .calibrate import Policy
-
         if policy is not None and not isinstance(policy, Policy):
             policy = Policy.load(policy)
         if policy is not None:
@@ -142,8 +148,6 @@ class Gate:
         if threshold is None and policy is not None:
             threshold = policy.threshold
         if threshold is None and self.head is not None:
-            from .heads import DEFAULT_HEAD_THRESHOLD
-
             threshold = self.head.threshold_for(self.allow_indices, self.tiling is not None)
             threshold = DEFAULT_HEAD_THRESHOLD if threshold is None else threshold
         self.threshold = (default_threshold(self.tiling is not None) if threshold is None
@@ -167,8 +171,6 @@ class Gate:
     def decide_views(self, probs: np.ndarray, boxes: Sequence[Box | None],
                      embeddings: np.ndarray | None = None, path: str | None = None) -> CheckResult:
         """A decision from one image's views (whole image first), see the module docstring."""
-        from .heads import image_score
-
         sims = floors = None
         method = self.tiling.combine if self.tiling is not None else "max"
         if self.head is not None and embeddings is not None:
@@ -195,8 +197,6 @@ class Gate:
                       *, resize: str | None = None) -> list[CheckResult]:
         """Decisions for decoded H x W x 3 uint8 images: every view of every image in one
         batched forward (split into chunks of 32)."""
-        from .heads import forward_features
-
         if not decoded:
             return []
         stacks, boxes = zip(*(self.views(im, resize) for im in decoded))
@@ -219,11 +219,7 @@ class Gate:
         (folders walked), in order; unreadable files are reported, not raised."""
         from tqdm import tqdm
 
-        from . import images
-        from .errors import ImageError
-        from .scan import expand
-
-        entries = list(expand(paths))
+        entries = list(images.expand_paths(paths))
         disable = (True if len(entries) <= 4 else None) if progress is None else not progress
         pending: list[tuple[str, np.ndarray]] = []
 

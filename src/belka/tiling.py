@@ -43,9 +43,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import UsageError
-
-COMBINE_METHODS = ("max", "noisy-or")
-
+from .features import forward_features
+from .scores import COMBINE_METHODS, combine  # noqa: F401  (combine: views -> one score)
 
 @dataclass(frozen=True)
 class Box:
@@ -164,21 +163,6 @@ def views(image: np.ndarray, preprocessing, tiling: Tiling | None = DEFAULT_TILI
     return stack, [None, *boxes]
 
 
-def combine(scores: np.ndarray, method: str = "max") -> tuple[float, int]:
-    """(image score, index of the deciding view) from one image's view scores.
-
-    ``max``: the best view decides. ``noisy-or``: 1 - prod(1 - p), the chance that at least one
-    view shows the class if views were independent witnesses; the deciding view is the best one.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    best = int(np.argmax(scores))
-    if method == "max":
-        return float(scores[best]), best
-    if method == "noisy-or":
-        return float(1.0 - np.prod(1.0 - np.clip(scores, 0.0, 1.0))), best
-    raise UsageError(f"unknown combination {method!r}; choose one of {', '.join(COMBINE_METHODS)}")
-
-
 def place_heatmap(heatmap: np.ndarray, box: Box | None, image_shape: tuple[int, ...]) -> np.ndarray:
     """Put a heat map computed on a tile back onto an H x W canvas (zeros outside the tile).
 
@@ -226,8 +210,6 @@ def tiled_probabilities(model, image: np.ndarray, tiling: Tiling = DEFAULT_TILIN
     """(per-class best-view probability, per-class index of that view, the views' boxes) for
     one decoded image: every class scored by its best view, as the tiled gate does. The
     probabilities no longer sum to 1 (each class may come from another view)."""
-    from .heads import forward_features
-
     stack, boxes = views(image, model.preprocessing, tiling, policy)
     probs, _ = forward_features(model, stack)
     return probs.max(axis=0), probs.argmax(axis=0), boxes

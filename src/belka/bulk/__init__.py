@@ -247,7 +247,7 @@ def embed_for_training(task: Task, paths: Sequence[str], *, runner: str = "local
     import numpy as np
 
     from ..errors import ImageError
-    from ..heads import Embedded
+    from ..heads.embed import Embedded
     from ..tiling import Box
 
     started = time.perf_counter()

@@ -51,7 +51,7 @@ class Task:
     allow: Any = None
     threshold: float | None = None
     tiles: bool | None = None
-    policy: Any = None                 # a path or a belka.calibrate.Policy (picklable)
+    policy: Any = None                 # a path or a belka.policy.Policy (picklable)
     augment: bool = True               # "views" only: mirror and corner crops too
     view_tiles: bool = True            # "views" only: embed the tiles too
     threads: int | None = None
@@ -129,7 +129,7 @@ class Preparer:
 
     @classmethod
     def of(cls, task: Task, model, gate=None) -> "Preparer":
-        from ..pipeline import draft_size
+        from ..models.preprocessing import draft_size
         from ..tiling import DEFAULT_TILING
 
         prep = model.preprocessing
@@ -162,7 +162,7 @@ class Preparer:
                 out.views, out.boxes = tile_views(image, self.preprocessing, self.tiling,
                                                   self.policy)
                 if self.augment:
-                    from ..heads import augment_views
+                    from ..heads.embed import augment_views
 
                     extra = augment_views(image, self.preprocessing, out.views[0])
                     out.views = np.concatenate([out.views, extra])
@@ -193,7 +193,7 @@ class Scorer:
         self.busy = 0.0                 # seconds spent in the model
 
     def score(self, batch: Sequence[Prepared]) -> list[dict]:
-        from ..heads import forward_features
+        from ..features import forward_features
 
         good = [p for p in batch if p.error is None]
         started = time.perf_counter()

@@ -202,7 +202,7 @@ def calibrate(data_dir, allow, max_false_accept, out, roc, tiles, folds, groups_
                               groups_file=groups_file)
     floor = 0.0
     if getattr(model, "head", None) is not None:
-        from ..heads import MIN_HEAD_THRESHOLD
+        from ..heads.training import MIN_HEAD_THRESHOLD
 
         floor = MIN_HEAD_THRESHOLD
     result = cal.calibrate_scores(scored, allow, max_false_accept, folds=folds, seed=seed,

@@ -8,9 +8,9 @@ The folder holds:
   operations as :func:`belka.engine.normalize`); it gives ``probabilities`` (softmax, N x
   classes: ImageNet's, or a trained head's when one is given) and ``score`` (N: the allowed
   classes' summed probability, with a head's novelty floor applied as
-  :func:`belka.heads.view_scores` does). ``fp16=True`` stores the weights as float16 (half the
+  :func:`belka.scores.view_scores` does). ``fp16=True`` stores the weights as float16 (half the
   download) and casts them back to float32 when the graph loads, so the arithmetic stays fp32.
-* ``policy.json``: the gate policy, in the format of :class:`belka.calibrate.Policy` (so
+* ``policy.json``: the gate policy, in the format of :class:`belka.policy.Policy` (so
   ``belka check --policy`` reads it) plus what the browser needs: labels, allowed indices,
   preprocessing, tiling, the model file and its precision, the runtime, the belka version.
 * ``belka.js`` (an ES module: ``load(baseUrl)`` -> gate with ``check`` and ``classify``),
@@ -161,7 +161,7 @@ def build_graph(model, allow_indices, *, fp16: bool = False) -> bytes:
                                       "belka_allowed_probs", axis=1), axis1],
                    "belka_raw_score", keepdims=0)
         # novelty: a view counts only if it is as close as the floor to a reference of an
-        # allowed class (heads.view_scores)
+        # allowed class (scores.view_scores)
         labels = np.asarray(head.reference_labels)
         keep = np.isin(labels, allow)
         if keep.any():
@@ -240,10 +240,10 @@ def _allow_list(allow) -> list[str]:
 
 def web_policy(gate, *, model_sha256: str | None = None, precision: str = "fp32",
                upload_url: str | None = None) -> dict:
-    """The policy JSON of the folder: :class:`belka.calibrate.Policy`'s fields (so
+    """The policy JSON of the folder: :class:`belka.policy.Policy`'s fields (so
     ``belka check --policy`` reads it) and what the browser needs."""
     import belka
-    from ..calibrate import Policy
+    from ..policy import Policy
 
     model, head = gate.model, gate.head
     given = gate.policy
