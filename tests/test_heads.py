@@ -6,6 +6,7 @@ tiles), embedded once per module."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -180,7 +181,10 @@ def test_unknown_things_are_not_accepted_as_the_least_unlikely_class(model, data
     sub = heads.Embedded(embedded.whole[keep], [a for a, k in zip(embedded.augment, keep) if k],
                          [t for t, k in zip(embedded.tiles, keep) if k],
                          [b for b, k in zip(embedded.boxes, keep) if k])
-    head = heads.train(model, two, OPTIONS, embedded=sub, progress=False).head
+    # the novelty floor alone (agreement with ImageNet's cats would refuse them first)
+    options = dataclasses.replace(OPTIONS, agreement=False)
+    head = heads.train(model, two, options, embedded=sub, progress=False).head
+    assert not head.agreement
     head_model = head.attach(model)
     unknown = [c for name in UNKNOWN for c in _crops(getattr(skdata, name)(), 1, seed=3, size=160)]
     gate = belka.Gate(head_model, "cat", tiles=False)
@@ -194,6 +198,44 @@ def test_unknown_things_are_not_accepted_as_the_least_unlikely_class(model, data
     # while real cats are still accepted
     cats = [c for c in _crops(skdata.chelsea(), 3, seed=11, size=128)]
     assert all(r.accepted for r in gate.check_many(cats))
+
+
+def test_agreement_scores_the_geometric_mean_of_head_and_imagenet(model, dataset):
+    """With agreement (the default) a view scores sqrt(P_head(cat) x P_imagenet(the five
+    cats)), computed here by hand from the backbone's own classifier; the same trap as above
+    is refused because ImageNet sees no cat, and the message says so."""
+    _, photos, embedded = dataset
+    keep = photos.y != photos.labels.index("other")
+    two = heads.LabelledPhotos([p for p, k in zip(photos.paths, keep) if k], ["cat", "coffee"],
+                               photos.y[keep])
+    sub = heads.Embedded(embedded.whole[keep], [a for a, k in zip(embedded.augment, keep) if k],
+                         [t for t, k in zip(embedded.tiles, keep) if k],
+                         [b for b, k in zip(embedded.boxes, keep) if k])
+    head = heads.train(model, two, OPTIONS, embedded=sub, progress=False).head
+    assert head.agreement and head.prior["cat"] == model.class_indices("cat")
+    assert "coffee" not in head.prior or head.prior["coffee"]
+    head_model = head.attach(model)
+    gate = belka.Gate(head_model, "cat", tiles=False)
+    images_ = ([c for name in UNKNOWN for c in _crops(getattr(skdata, name)(), 1, seed=3, size=160)]
+               + _crops(skdata.chelsea(), 3, seed=11, size=128))
+    results = gate.check_many(images_)
+    p_head = head_model.probabilities(images_)[:, 0]
+    p_imagenet = model.probabilities(images_)[:, model.class_indices("cat")].sum(axis=1)
+    expected = np.sqrt(p_head * p_imagenet)
+    # the novelty floor zeroes a view that resembles no training cat
+    close = np.array([head.similarities(r.embedding[None])[0, 0] >= head.floors[0]
+                      for r in results])
+    assert close.sum() >= 3
+    np.testing.assert_allclose([r.score for r in results], np.where(close, expected, 0.0),
+                               rtol=1e-4, atol=1e-6)
+    unknown, cats = results[:len(UNKNOWN)], results[len(UNKNOWN):]
+    assert not any(r.accepted for r in unknown)
+    refused_by_prior = [r for r, p in zip(unknown, p_head) if p >= gate.threshold and r.known]
+    assert refused_by_prior and all(not r.agreed for r in refused_by_prior)
+    assert "base model sees no cat" in refused_by_prior[0].message
+    assert all(r.accepted for r in cats)
+    # an old head (format 1, saved options without the key) scores the head alone
+    assert not heads.TrainOptions.from_dict({"epochs": 3}).agreement
 
 
 # -- the commands ------------------------------------------------------------------------------

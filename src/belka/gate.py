@@ -77,6 +77,8 @@ class CheckResult:
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
                                       # the whole image's backbone embedding, when computed
     allow_indices: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    agreed: bool = True               # False: the head alone would accept, but the base model
+                                      # sees no such class in any view (agreement)
 
     @property
     def accepted(self) -> bool:
@@ -94,6 +96,10 @@ class CheckResult:
             return (f"this does not look like a {self.allowed}: {guess}, but nothing in it "
                     f"resembles the {self.allowed} photos the head was trained on "
                     f"(none of the above; score {self.score:.3f} < {self.threshold:g})")
+        if not self.agreed:
+            return (f"not sure this is a {self.allowed}: the head says so, but the base model "
+                    f"sees no {self.allowed} in any view (score {self.score:.3f} < "
+                    f"{self.threshold:g}; a view counts only when both agree)")
         if top is not None and top.index in self.allow_indices:
             return (f"not sure this is a {self.allowed}: the top guess is {top.label}, but only "
                     f"at {top.probability:.2f} (score {self.score:.3f} < {self.threshold:g}"
@@ -171,23 +177,29 @@ class Gate:
     def decide_views(self, probs: np.ndarray, boxes: Sequence[Box | None],
                      embeddings: np.ndarray | None = None, path: str | None = None) -> CheckResult:
         """A decision from one image's views (whole image first), see the module docstring."""
-        sims = floors = None
+        sims = floors = prior = None
         method = self.tiling.combine if self.tiling is not None else "max"
+        allow = self.allow_indices
         if self.head is not None and embeddings is not None:
             sims, floors = self.head.similarities(embeddings), self.head.floors
-        score, best = image_score(probs, self.allow_indices, sims, floors, method)
+            prior = self.head.prior_scores(embeddings, allow)
+        score, best = image_score(probs, allow, sims, floors, method, prior)
         verdict = ACCEPT if score >= self.threshold else WARN
-        # "none of the above": the head's probabilities alone would have accepted, but no view
-        # is close enough to the allowed class's training photos.
-        known = True
-        if sims is not None and verdict == WARN:
-            raw, _ = image_score(probs, self.allow_indices, None, None, method)
-            known = raw < self.threshold
+        known = agreed = True
+        if verdict == WARN and self.head is not None:
+            # Why a head refused what its probabilities alone would accept: the backbone's
+            # prior does not agree (agreement), or it does but no view is close enough to the
+            # allowed class's training photos ("none of the above").
+            with_prior = image_score(probs, allow, None, None, method, prior)[0]
+            if sims is not None and with_prior >= self.threshold:
+                known = False
+            elif prior is not None:
+                agreed = image_score(probs, allow, None, None, method)[0] < self.threshold
         tile = boxes[best] if best < len(boxes) else None
         return CheckResult(verdict, score, self.threshold, self.allowed,
                            self.model.rank(probs[0], 5), path, tile, len(boxes), known,
                            None if embeddings is None else embeddings[0],
-                           tuple(self.allow_indices))
+                           tuple(allow), agreed)
 
     def views(self, image: np.ndarray, resize: str | None = None) -> tuple[np.ndarray, list]:
         """The views the gate runs for one decoded image, and their boxes."""

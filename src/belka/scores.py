@@ -1,10 +1,19 @@
 """Scores: from the probabilities of one image's views to the image's score.
 
-A view's score is the allowed classes' summed probability (:func:`view_scores`); with a head,
-a view that is not close enough to the allowed class's training photos (cosine
-:func:`similarities` below the class's novelty floor) scores 0. The image's score combines its
-views' (:func:`combine`: ``max`` or ``noisy-or``, see :mod:`belka.tiling`); :func:`image_score`
-does both. The gate, training and calibration all score this way.
+A view's score is the allowed classes' summed probability (:func:`view_scores`). With a
+head, two more rules apply:
+
+* *agreement* (a head's default since head format 2, when the allowed class is also an
+  ImageNet class or group): the view scores the geometric mean of the head's probability and
+  the backbone's own ImageNet probability of that class, ``sqrt(p_head * p_prior)``. A tile the
+  head likes because it knows the place, while the ImageNet model sees no squirrel in it, no
+  longer decides (docs/training.md, "Measured by source");
+* the novelty floor: a view that is not close enough to the allowed class's training photos
+  (cosine :func:`similarities` below the class's floor) scores 0.
+
+The image's score combines its views' (:func:`combine`: ``max`` or ``noisy-or``, see
+:mod:`belka.tiling`); :func:`image_score` does both. The gate, training and calibration all
+score this way.
 """
 
 from __future__ import annotations
@@ -34,10 +43,14 @@ def combine(scores: np.ndarray, method: str = "max") -> tuple[float, int]:
 
 
 def view_scores(probs: np.ndarray, allow: Sequence[int], similarities: np.ndarray | None = None,
-                floors: np.ndarray | None = None) -> np.ndarray:
-    """One score per view: the allowed classes' summed probability, set to 0 for a view that is
-    not close enough to any allowed class's references (``similarities`` V x K, ``floors`` K)."""
+                floors: np.ndarray | None = None, prior: np.ndarray | None = None) -> np.ndarray:
+    """One score per view: the allowed classes' summed probability; with ``prior`` (V: the
+    backbone's own probability of the allowed classes per view) its :func:`agreement` with
+    that; set to 0 for a view that is not close enough to any allowed class's references
+    (``similarities`` V x K, ``floors`` K)."""
     scores = probs[:, list(allow)].sum(axis=1)
+    if prior is not None:
+        scores = agreement(scores, prior)
     if similarities is not None and floors is not None:
         known = (similarities[:, list(allow)] >= floors[list(allow)]).any(axis=1)
         scores = np.where(known, scores, 0.0)
@@ -45,9 +58,17 @@ def view_scores(probs: np.ndarray, allow: Sequence[int], similarities: np.ndarra
 
 
 def image_score(probs: np.ndarray, allow: Sequence[int], similarities: np.ndarray | None = None,
-                floors: np.ndarray | None = None, method: str = "max") -> tuple[float, int]:
+                floors: np.ndarray | None = None, method: str = "max",
+                prior: np.ndarray | None = None) -> tuple[float, int]:
     """(score, deciding view) for one image from its views' probabilities (whole first)."""
-    return combine(view_scores(probs, allow, similarities, floors), method)
+    return combine(view_scores(probs, allow, similarities, floors, prior), method)
+
+
+def agreement(head: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """The geometric mean ``sqrt(head * prior)`` of two probabilities per view: high only when
+    both the head and the backbone's ImageNet classifier see the class."""
+    head = np.clip(np.asarray(head, np.float64), 0.0, 1.0)
+    return np.sqrt(head * np.clip(np.asarray(prior, np.float64), 0.0, 1.0))
 
 
 def unit(x: np.ndarray) -> np.ndarray:

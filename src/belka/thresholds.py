@@ -88,10 +88,14 @@ def cross_validated_threshold(scores: np.ndarray, positive: np.ndarray, groups: 
 
 
 def fold_splits(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified folds that keep each burst group whole (fewer folds when there are fewer
-    groups of the rarest class)."""
-    from sklearn.model_selection import StratifiedGroupKFold
+    """Folds that keep each group (source or burst) whole: stratified ``folds`` folds (no more
+    than the most groups any class has), or leave-one-group-out when ``folds`` is at least the
+    number of groups (``bench/gate.py --by-source``: each source held out on its own)."""
+    from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold
 
+    groups = np.asarray(groups)
+    if folds >= len(set(groups.tolist())) >= 2:
+        return list(LeaveOneGroupOut().split(np.zeros(len(y)), y, groups))
     per_class = [len(set(groups[y == c])) for c in np.unique(y)]
     k = min(folds, max(per_class))
     if k < 2:

@@ -51,12 +51,16 @@ def _files(rows: list[dict], limit: int = 4) -> str:
 @click.option("--tiles/--no-tiles", default=True, show_default=True,
               help="embed tiles too: thresholds for the tiled gate, and 'other' tiles for "
                    "training (14-22 forwards per photo instead of 6)")
+@click.option("--agreement/--no-agreement", default=True, show_default=True,
+              help="a view counts as much as the head and the backbone's own ImageNet class "
+                   "agree (sqrt of both probabilities), for classes ImageNet knows (squirrel, "
+                   "cat, ...): measured by source it keeps tiles of known places from passing")
 @click.option("--report-dir", type=click.Path(file_okay=False), default=None,
               help="where to write the confusion matrix PNG and the report JSON "
                    "[default: next to the head file]")
 @runner_options
 def train(data_dir, out, model_name, weights, epochs, seed, folds, groups_file, max_false_accept,
-          tiles, report_dir, runner, address, workers):
+          tiles, agreement, report_dir, runner, address, workers):
     """Train a head for your own classes on a frozen backbone.
 
     \b
@@ -92,7 +96,7 @@ def train(data_dir, out, model_name, weights, epochs, seed, folds, groups_file, 
                f"backbone {model.name}", err=True)
     options = heads.TrainOptions(epochs=epochs, seed=seed, folds=folds,
                                  max_false_accept=max_false_accept,
-                                 tiling=DEFAULT_TILING if tiles else None)
+                                 tiling=DEFAULT_TILING if tiles else None, agreement=agreement)
     # The embedding step runs on the bulk engine (belka scan's): this process or a Ray cluster.
     embedded = bulk.embed_for_training(
         bulk.Task("views", model=model_name, weights=weights, augment=options.augment,
@@ -116,6 +120,10 @@ def train(data_dir, out, model_name, weights, epochs, seed, folds, groups_file, 
                f"{rep['folds']}-fold cross-validation holding out whole sources; "
                f"{rep['forwards']} forwards ({rep['forwards'] / max(1, rep['photos']):.1f} per "
                f"photo), {rep['seconds'].get('total', 0):.0f} s")
+    if head.agreement:
+        agreeing = [l for l in head.labels if head.prior.get(l)]
+        click.echo(f"agreement with the backbone's ImageNet classes for: "
+                   f"{', '.join(agreeing) or 'none (no class is an ImageNet class or group)'}")
     click.echo("\nout of fold, whole image, most likely class:")
     click.echo(f"  {'class':16} {'photos':>6} {'precision':>9} {'recall':>7}")
     for label, row in rep["classes"].items():

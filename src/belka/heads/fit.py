@@ -37,17 +37,20 @@ class TrainOptions:
     folds: int = 5
     max_false_accept: float = 0.01
     tiling: Tiling | None = DEFAULT_TILING
+    agreement: bool = True               # views score sqrt(head x ImageNet prior), scores.agreement
 
     def to_dict(self) -> dict:
         out = {k: getattr(self, k) for k in ("epochs", "seed", "learning_rate", "weight_decay",
                                              "prior_weight_decay", "batch_size", "augment",
-                                             "other_tiles", "folds", "max_false_accept")}
+                                             "other_tiles", "folds", "max_false_accept",
+                                             "agreement")}
         out["tiling"] = self.tiling.to_dict() if self.tiling else None
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainOptions":
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "tiling"}
+        fields.setdefault("agreement", False)     # saved options without it: a format-1 head
         tiling = data.get("tiling")
         return cls(**fields, tiling=Tiling.from_dict(tiling) if tiling else None)
 

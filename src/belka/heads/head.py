@@ -27,7 +27,7 @@ from ..tiling import DEFAULT_TILING, Tiling
 from ..version import __version__
 
 HEAD_FORMAT = "belka-head"
-HEAD_FORMAT_VERSION = 1
+HEAD_FORMAT_VERSION = 2               # 2: agreement with the backbone's prior (scores.agreement)
 HEAD_SUFFIX = ".belka"
 
 
@@ -41,6 +41,19 @@ def prior_classes(model: Model, labels: Sequence[str]) -> dict[str, list[int]]:
         except BelkaError:
             continue
     return out
+
+
+def prior_indices(prior: dict[str, list[int]], labels: Sequence[str], allow: Sequence[int],
+                  ) -> list[int] | None:
+    """The backbone classes that make the prior of the allowed head classes (the union of
+    their :func:`prior_classes`), or None when an allowed class has no prior."""
+    out: set[int] = set()
+    for a in allow:
+        indices = prior.get(labels[a])
+        if not indices:
+            return None
+        out.update(int(i) for i in indices)
+    return sorted(out)
 
 
 class HeadLayer(nn.Module):
@@ -74,6 +87,14 @@ class HeadLayer(nn.Module):
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.linear((self.features(embedding) - self.mean) / self.scale)
+
+    def backbone_probabilities(self, embedding: np.ndarray) -> np.ndarray:
+        """The backbone's own (ImageNet) softmax probabilities for embeddings, N x C."""
+        if self.backbone is None:
+            raise UsageError("attach the head to its backbone model first (Head.attach)")
+        with torch.no_grad():
+            logits = self.backbone(torch.from_numpy(np.asarray(embedding, np.float32)))
+            return torch.softmax(logits.float(), dim=1).numpy()
 
     def logits_from(self, embedding: np.ndarray, backbone_logits: np.ndarray) -> np.ndarray:
         """:meth:`forward` in NumPy, given the backbone's own logits for the same images (an
@@ -136,6 +157,20 @@ class Head:
     def similarities(self, embeddings: np.ndarray) -> np.ndarray:
         return similarities(embeddings, self.references.astype(np.float32),
                              self.reference_labels, len(self.labels))
+
+    @property
+    def agreement(self) -> bool:
+        """Whether a view's score is the head's agreement with the backbone's prior
+        (:func:`belka.scores.agreement`); heads of format 1 were trained without."""
+        return bool(self.training.get("options", {}).get("agreement", False))
+
+    def prior_scores(self, embeddings: np.ndarray, allow: Sequence[int]) -> np.ndarray | None:
+        """Per view, the backbone's probability of the allowed classes' ImageNet counterparts;
+        None when this head does not use agreement or an allowed class has none."""
+        indices = prior_indices(self.prior, self.labels, allow) if self.agreement else None
+        if indices is None or len(embeddings) == 0:
+            return None
+        return self.layer.backbone_probabilities(embeddings)[:, indices].sum(axis=1)
 
     def threshold_for(self, allow: Sequence[int], tiles: bool) -> float | None:
         if len(allow) != 1:
@@ -261,6 +296,8 @@ class HeadModel(Model):
         layer = copy.deepcopy(head.layer)
         if layer.backbone is None:
             layer.backbone = _frozen_copy(classifier_layer(base.module))
+        if head.layer.backbone is None:        # the head's prior scores need it too
+            head.layer.backbone = layer.backbone
         setattr(module, EMBEDDING_LAYER, layer)
         super().__init__(base.name, module, base.preprocessing, head.labels,
                          weights_sha256=base.weights_sha256, device=base.device, groups={})

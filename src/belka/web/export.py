@@ -7,7 +7,7 @@ The folder holds:
   (``pixels``) and normalises them inside the graph (``(x - mean) / std``, the same float32
   operations as :func:`belka.engine.normalize`); it gives ``probabilities`` (softmax, N x
   classes: ImageNet's, or a trained head's when one is given) and ``score`` (N: the allowed
-  classes' summed probability, with a head's novelty floor applied as
+  classes' summed probability, with a head's agreement and novelty floor applied as
   :func:`belka.scores.view_scores` does). ``fp16=True`` stores the weights as float16 (half the
   download) and casts them back to float32 when the graph loads, so the arithmetic stays fp32.
 * ``policy.json``: the gate policy, in the format of :class:`belka.policy.Policy` (so
@@ -127,6 +127,8 @@ def build_graph(model, allow_indices, *, fp16: bool = False) -> bytes:
         helper.make_node("Div", ["belka_centred", std], [old_input]),
     ]
 
+    from ..heads.head import prior_indices
+
     head = getattr(model, "head", None)
     allow = np.asarray(list(allow_indices), np.int64)
     if head is None:
@@ -159,7 +161,20 @@ def build_graph(model, allow_indices, *, fp16: bool = False) -> bytes:
         probs = node("Softmax", [head_logits], PROBABILITIES, axis=1)
         raw = node("ReduceSum", [node("Gather", [probs, const("belka_allow", allow)],
                                       "belka_allowed_probs", axis=1), axis1],
-                   "belka_raw_score", keepdims=0)
+                   "belka_head_score", keepdims=0)
+        # agreement: sqrt(head probability x the backbone's own probability of the allowed
+        # classes' ImageNet counterparts), as scores.view_scores
+        prior_idx = (prior_indices(head.prior, head.labels, [int(a) for a in allow])
+                     if head.agreement else None)
+        if prior_idx is not None:
+            backbone_probs = node("Softmax", [logits], "belka_backbone_probs", axis=1)
+            prior = node("ReduceSum", [node("Gather", [backbone_probs, const(
+                "belka_prior_idx", np.asarray(prior_idx, np.int64))], "belka_prior_probs",
+                axis=1), axis1], "belka_prior_score", keepdims=0)
+            raw = node("Sqrt", [node("Mul", [raw, prior], "belka_agreement_product")],
+                       "belka_raw_score")
+        else:
+            raw = node("Identity", [raw], "belka_raw_score")
         # novelty: a view counts only if it is as close as the floor to a reference of an
         # allowed class (scores.view_scores)
         labels = np.asarray(head.reference_labels)
