@@ -82,6 +82,16 @@ def test_folds_keep_bursts_together():
         assert not set(groups[train]) & set(groups[test])
 
 
+def test_folds_leave_one_group_out_when_there_are_enough_folds():
+    """--by-source: with folds >= the number of sources, each source is held out on its own."""
+    y = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+    groups = np.array([5, 5, 7, 7, 9, 9, 11, 11])
+    splits = heads.fold_splits(y, groups, 4, seed=0)
+    assert sorted(tuple(sorted(set(groups[test]))) for _, test in splits) == [(5,), (7,), (9,), (11,)]
+    for train, test in splits:
+        assert sorted(np.concatenate([train, test])) == list(range(len(y)))
+
+
 def test_read_folder_needs_two_classes(tmp_path):
     (tmp_path / "squirrel").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "squirrel" / "a.png")
@@ -135,6 +145,33 @@ def test_save_and_reload_give_identical_outputs(trained, model, dataset, tmp_pat
     assert with_head.labels == ["cat", "coffee", "other"]
     top = with_head.classify(photos.paths[0], top=1)[0]
     assert top.label == "cat"
+
+
+def test_a_format_1_head_scores_the_head_alone(trained, model, tmp_path):
+    """Heads saved before agreement (format 1, no "agreement" option) keep scoring as they were
+    calibrated; this version's heads say format 2 and use agreement."""
+    from safetensors.numpy import load, save
+
+    path = trained.head.save(tmp_path / "new.belka")
+    raw = path.read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    doc = json.loads(header["__metadata__"]["belka"])
+    assert doc["format_version"] == 2 and doc["training"]["options"]["agreement"] is True
+    assert trained.head.agreement
+    doc["format_version"] = 1
+    del doc["training"]["options"]["agreement"]
+    old_path = tmp_path / "old.belka"
+    old_path.write_bytes(save(load(raw), metadata={"format": "belka-head",
+                                                   "belka": json.dumps(doc)}))
+    old = heads.Head.load(old_path)
+    assert not old.agreement
+    emb = np.random.default_rng(0).normal(size=(3, 1280)).astype(np.float32)
+    old.attach(model)
+    assert old.prior_scores(emb, [0]) is None
+    new = heads.Head.load(path)
+    new.attach(model)
+    assert new.prior_scores(emb, [0]).shape == (3,)
+    assert new.prior_scores(emb, [1]) is None          # "coffee" is no ImageNet class or group
 
 
 def test_training_is_reproducible_with_a_seed(model, dataset, trained):
