@@ -302,6 +302,8 @@ def test_train_classify_check_evaluate_commands(tmp_path):
     assert report["grouping"] == "bursts"                           # no sub-folders, no EXIF
     assert "has photos from only" in result.stderr                 # 3 sources: rough rates
     assert "grouped by bursts" in result.stdout
+    assert report["burst_share"] == 1.0 and "grouped by bursts only" in result.stderr
+    assert report["agreement"] is True and "agreement with the backbone's" in result.stdout
     cat = data / "cat" / "cat_a.png"
     classify = run("classify", str(cat), "--head", str(out), "--json", "--top", "2")
     assert classify.exit_code == 0, classify.output

@@ -9,7 +9,8 @@ from PIL import Image
 
 from belka import heads
 from belka.errors import UsageError
-from belka.sources import FEW_SOURCES, camera_key, few_sources_warning, photo_groups
+from belka.sources import (FEW_SOURCES, bursts_only_warning, camera_key, few_sources_warning,
+                           photo_groups)
 
 
 def photo(path, colour=(120, 80, 40), exif: dict | None = None):
@@ -87,6 +88,11 @@ def test_bursts_group_only_what_no_other_rule_places(tmp_path):
     assert grouping.rules == ["groups file", "groups file", "bursts", "bursts"]
     assert grouping.ids[0] != grouping.ids[1]
     assert grouping.ids[2] == grouping.ids[3]      # one burst by name (no EXIF, no embeddings)
+    assert grouping.burst_share == 0.5
+    assert bursts_only_warning(grouping.burst_share) is None       # half is not "most"
+    three = photo_groups([str(p) for p in paths], groups_file=None)
+    assert three.burst_share == 1.0
+    assert "flatter" in bursts_only_warning(three.burst_share)
 
 
 def test_few_sources_are_warned_about():

@@ -80,6 +80,7 @@ class Scored:
     skipped: list = field(default_factory=list)
     forwards: int = 0
     grouping: str = "bursts"    # how photos were grouped by source (belka.sources)
+    burst_share: float = 1.0    # the share of photos whose source is only their burst
 
 
 def score_folder(model, data_dir: str | os.PathLike, allow: str | Sequence[str], *,
@@ -128,7 +129,8 @@ def score_folder(model, data_dir: str | os.PathLike, allow: str | Sequence[str],
     grouping = photos.subset(keep).sources(
         groups_file=groups_file, embeddings=np.stack(embeddings) if embedded else None)
     return Scored(kept, photos.labels, photos.y[rows], positive[rows], np.array(scores),
-                  grouping.ids, boxes, False, skipped, forwards, grouping.kind)
+                  grouping.ids, boxes, False, skipped, forwards, grouping.kind,
+                  grouping.burst_share)
 
 
 def _score_retrained(model, photos, positive, allow, tiles, folds, seed, progress,
@@ -147,7 +149,8 @@ def _score_retrained(model, photos, positive, allow, tiles, folds, seed, progres
     allow_idx = list(np.flatnonzero(positive_folders(model, photos.labels, allow)))
     scores = oof.scores(allow_idx, tiles=tiles)
     return Scored(list(photos.paths), photos.labels, photos.y, positive, scores, groups,
-                  [None] * len(scores), True, [], embedded.forwards, grouping.kind)
+                  [None] * len(scores), True, [], embedded.forwards, grouping.kind,
+                  grouping.burst_share)
 
 
 @dataclass

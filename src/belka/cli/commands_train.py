@@ -143,8 +143,11 @@ def train(data_dir, out, model_name, weights, epochs, seed, folds, groups_file, 
         g = modes[mode]
         click.echo(f"  {label:16} refused: {_files(g.get('heldout_refused', []))}")
         click.echo(f"  {'':16} let through: {_files(g.get('heldout_false_accepts', []))}")
-    from ..sources import FEW_SOURCES
+    from ..sources import FEW_SOURCES, bursts_only_warning
 
+    note = bursts_only_warning(rep.get("burst_share", 0.0))
+    if note:
+        click.echo(f"warning: {note}.", err=True)
     for label, row in rep["classes"].items():
         sources = row.get("sources", row.get("bursts", row["photos"]))
         if sources < FEW_SOURCES:
@@ -238,7 +241,7 @@ def calibrate(data_dir, allow, max_false_accept, out, roc, tiles, folds, groups_
                                                   "saved": str(saved) if saved else None}))
         return
     held = result.heldout
-    from ..sources import FEW_SOURCES
+    from ..sources import FEW_SOURCES, bursts_only_warning
 
     sources = len(set(scored.groups[scored.positive].tolist()))
     click.echo(f"{result.positives} {allow} photos from {sources} sources, {result.negatives} "
@@ -246,6 +249,9 @@ def calibrate(data_dir, allow, max_false_accept, out, roc, tiles, folds, groups_
                f"{'head' if floor else 'ImageNet classes'}, "
                f"{'whole image + tiles' if tiles else 'whole image'}"
                f"{'; scores out of fold (head retrained without each source)' if scored.out_of_fold else ''}")
+    note = bursts_only_warning(scored.burst_share)
+    if note:
+        click.echo(f"warning: {note}.", err=True)
     if sources < FEW_SOURCES:
         click.echo(f"warning: the {allow} photos come from only {sources} source(s): held-out "
                    "figures predict photos from new places only roughly; add photos from "

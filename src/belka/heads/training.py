@@ -109,7 +109,8 @@ def train(model: Model, photos: LabelledPhotos, options: TrainOptions = TrainOpt
     timings["total"] = time.perf_counter() - started
     report = {
         "photos": int(len(y)), "groups": int(len(set(groups.tolist()))),
-        "grouping": grouping.kind, "agreement": bool(options.agreement),
+        "grouping": grouping.kind, "burst_share": round(grouping.burst_share, 4),
+        "agreement": bool(options.agreement),
         "folds": int(oof.fold.max() + 1), "classes": per_class,
         "confusion": {"labels": list(labels), "matrix": confusion.tolist()},
         "gate": gate_report, "forwards": embedded.forwards,
