@@ -86,6 +86,17 @@ def cached_embeddings(model, photos, cache: Path) -> heads.Embedded:
     return emb
 
 
+def load_shared(photos_dir: Path, cache: Path):
+    """(model, the squirrel/cat/other photos, their cached embeddings), or None (said why)."""
+    if not photos_dir.is_dir():
+        print(f"no photos at {photos_dir}: pass --photos DIR", file=sys.stderr)
+        return None
+    torch.manual_seed(0)
+    model = belka.load()
+    photos = heads.read_folder(photos_dir, classes=["squirrel", "cat", "other"])
+    return model, photos, cached_embeddings(model, photos, cache)
+
+
 def manifest_sources(photos_dir: Path, paths) -> np.ndarray:
     """A group id per photo: its source in manifest.csv (a repository or a package)."""
     import csv
@@ -183,13 +194,10 @@ def main() -> int:
                         help="also measure choosing the training options by inner cross-validation "
                              "(nested: the choice never sees the held-out fold; about 3 minutes)")
     args = parser.parse_args()
-    if not args.photos.is_dir():
-        print(f"no photos at {args.photos}: pass --photos DIR", file=sys.stderr)
+    loaded = load_shared(args.photos, args.cache)
+    if loaded is None:
         return 2
-    torch.manual_seed(0)
-    model = belka.load()
-    photos = heads.read_folder(args.photos, classes=["squirrel", "cat", "other"])
-    embedded = cached_embeddings(model, photos, args.cache)
+    model, photos, embedded = loaded
     y, labels = photos.y, photos.labels
     sq = labels.index("squirrel")
     positive = y == sq

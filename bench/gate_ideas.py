@@ -45,14 +45,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-import belka
 from belka import heads
 from belka.heads import fit as head_fit
 from belka.scores import agreement
 from belka.tiling import DEFAULT_TILING, views as tile_views
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gate import ROOT, cached_embeddings, manifest_sources, row  # noqa: E402
+from gate import ROOT, load_shared, manifest_sources, row  # noqa: E402
 
 
 def extra_views(model, photos, embedded, cache: Path) -> dict:
@@ -140,13 +139,10 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/belka-bench-gate.npz"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if not args.photos.is_dir():
-        print(f"no photos at {args.photos}: pass --photos DIR", file=sys.stderr)
+    loaded = load_shared(args.photos, args.cache)
+    if loaded is None:
         return 2
-    torch.manual_seed(0)
-    model = belka.load()
-    photos = heads.read_folder(args.photos, classes=["squirrel", "cat", "other"])
-    embedded = cached_embeddings(model, photos, args.cache)
+    model, photos, embedded = loaded
     extra = extra_views(model, photos, embedded, args.cache)
     y, labels = photos.y, photos.labels
     sq, other = labels.index("squirrel"), labels.index("other")

@@ -208,9 +208,8 @@ def test_bad_head_files_are_clear(tmp_path):
 
 
 # -- none of the above -------------------------------------------------------------------------
-def test_unknown_things_are_not_accepted_as_the_least_unlikely_class(model, dataset):
-    """A cat-vs-coffee head (no `other` class) sees pictures of neither: the softmax must pick
-    one of the two, but the novelty floor keeps them from being accepted as cats."""
+def _cat_and_coffee(dataset):
+    """The dataset without its `other` class: a head that must call everything cat or coffee."""
     _, photos, embedded = dataset
     keep = photos.y != photos.labels.index("other")
     two = heads.LabelledPhotos([p for p, k in zip(photos.paths, keep) if k], ["cat", "coffee"],
@@ -218,6 +217,13 @@ def test_unknown_things_are_not_accepted_as_the_least_unlikely_class(model, data
     sub = heads.Embedded(embedded.whole[keep], [a for a, k in zip(embedded.augment, keep) if k],
                          [t for t, k in zip(embedded.tiles, keep) if k],
                          [b for b, k in zip(embedded.boxes, keep) if k])
+    return two, sub
+
+
+def test_unknown_things_are_not_accepted_as_the_least_unlikely_class(model, dataset):
+    """A cat-vs-coffee head (no `other` class) sees pictures of neither: the softmax must pick
+    one of the two, but the novelty floor keeps them from being accepted as cats."""
+    two, sub = _cat_and_coffee(dataset)
     # the novelty floor alone (agreement with ImageNet's cats would refuse them first)
     options = dataclasses.replace(OPTIONS, agreement=False)
     head = heads.train(model, two, options, embedded=sub, progress=False).head
@@ -241,13 +247,7 @@ def test_agreement_scores_the_geometric_mean_of_head_and_imagenet(model, dataset
     """With agreement (the default) a view scores sqrt(P_head(cat) x P_imagenet(the five
     cats)), computed here by hand from the backbone's own classifier; the same trap as above
     is refused because ImageNet sees no cat, and the message says so."""
-    _, photos, embedded = dataset
-    keep = photos.y != photos.labels.index("other")
-    two = heads.LabelledPhotos([p for p, k in zip(photos.paths, keep) if k], ["cat", "coffee"],
-                               photos.y[keep])
-    sub = heads.Embedded(embedded.whole[keep], [a for a, k in zip(embedded.augment, keep) if k],
-                         [t for t, k in zip(embedded.tiles, keep) if k],
-                         [b for b, k in zip(embedded.boxes, keep) if k])
+    two, sub = _cat_and_coffee(dataset)
     head = heads.train(model, two, OPTIONS, embedded=sub, progress=False).head
     assert head.agreement and head.prior["cat"] == model.class_indices("cat")
     assert "coffee" not in head.prior or head.prior["coffee"]
