@@ -275,6 +275,36 @@ def test_agreement_scores_the_geometric_mean_of_head_and_imagenet(model, dataset
     assert not heads.TrainOptions.from_dict({"epochs": 3}).agreement
 
 
+OUTSIDE = ("astronaut", "coffee", "chelsea", "rocket", "camera", "horse", "cat",
+           "hubble_deep_field", "immunohistochemistry", "moon", "page", "coins", "grass", "gravel",
+           "brick", "retina", "text", "clock", "logo", "colorwheel")
+
+
+def test_agreement_keeps_pictures_from_an_unseen_source_out(model, photos_dir):
+    """Heads trained on the shared photos (squirrel, cat, other; tiles) see 20 scikit-image
+    pictures, a source they never saw: grass, gravel, a microscope slide, a cat, ... The head
+    alone calls a tile of one of them a squirrel with confidence (it learned the shared
+    photos' places, not only the animal); with agreement none comes near its threshold."""
+    photos = heads.read_folder(photos_dir, ["squirrel", "cat", "other"])
+    embedded = heads.embed_photos(model, photos.paths, augment=True, progress=False)
+    pictures = []
+    for name in OUTSIDE:
+        image = getattr(skdata, name)()
+        image = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+        pictures.append(np.ascontiguousarray(image, dtype=np.uint8))
+    scores = {}
+    for agreement in (True, False):
+        options = heads.TrainOptions(seed=0, agreement=agreement)
+        head = heads.train(model, photos, options, embedded=embedded, progress=False).head
+        gate = belka.Gate(head.attach(model), "squirrel")
+        results = gate.check_many(pictures)
+        scores[agreement] = (np.array([r.score for r in results]), gate.threshold)
+    with_agreement, threshold = scores[True]
+    alone, _ = scores[False]
+    assert with_agreement.max() < threshold / 2, dict(zip(OUTSIDE, with_agreement.round(3)))
+    assert alone.max() > 0.5, dict(zip(OUTSIDE, alone.round(3)))      # fooled by a tile
+
+
 # -- the commands ------------------------------------------------------------------------------
 def run(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
