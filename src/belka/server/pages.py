@@ -14,8 +14,12 @@ templates = Jinja2Templates(directory=str(resources.files("belka.server") / "tem
 
 def render(request: Request, name: str, **context) -> HTMLResponse:
     service = request.app.state.service
+    head = service.gate.head
+    score = ("its probability" if head is None else
+             "the head's and ImageNet's agreement on it" if head.agreement else
+             "the head's probability of it")
     return templates.TemplateResponse(request, name, {
-        "allowed": service.gate.allowed, "threshold": service.gate.threshold,
+        "allowed": service.gate.allowed, "threshold": service.gate.threshold, "score": score,
         "model": service.model.name, "max_mb": service.config.max_upload_bytes / 2**20,
         **context})
 
