@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,23 @@ def _need(path: Path) -> Path:
         pytest.skip(f"{path} not present: these tests need the shared photos and fixtures "
                     "(../shared beside the repository, or BELKA_SHARED=/path/to/shared)")
     return path
+
+
+def _wait_for_job(client, job_id: str, timeout_s: float = 120.0) -> dict:
+    """Poll ``GET /api/v1/jobs/{id}`` until the job is no longer queued or running; its status."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.get(f"/api/v1/jobs/{job_id}").json()
+        if status["status"] not in ("queued", "running"):
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not end within {timeout_s:g} s")
+
+
+@pytest.fixture
+def wait_for_job():
+    """``wait_for_job(client, job_id)``: a server job's final status (tests of HTTP jobs)."""
+    return _wait_for_job
 
 
 @pytest.fixture(scope="session")

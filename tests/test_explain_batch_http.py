@@ -6,7 +6,6 @@ The handler is tested on the real app with a route added here, and through the p
 from __future__ import annotations
 
 import io
-import time
 from typing import Annotated
 
 import numpy as np
@@ -50,26 +49,16 @@ def client(tmp_path, model):
         yield c
 
 
-def wait(client, job: dict, timeout_s: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = client.get(f"/api/v1/jobs/{job['id']}").json()
-        if status["status"] in ("done", "failed", "cancelled"):
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"job {job['id']} did not finish")
-
-
 def parts(*named: tuple[str, bytes]):
     return [("files", (name, data, "application/octet-stream")) for name, data in named]
 
 
-def test_several_files_one_job(client, model):
+def test_several_files_one_job(client, model, wait_for_job):
     cat, coffee = jpeg(skdata.chelsea()), jpeg(skdata.coffee())
     r = client.post(ROUTE, files=parts(("cat.jpg", cat), ("junk.jpg", b"nope"),
                                        ("coffee.jpg", coffee)), data={"class": ""})
     assert r.status_code == 202, r.text
-    status = wait(client, r.json())
+    status = wait_for_job(client, r.json()["id"])
     assert status["status"] == "done" and status["done"] == status["total"] == 3
     answer = client.get(status["result_url"]).json()
     assert answer["count"] == 3 and answer["failed"] == 1 and answer["layer"] == "top_activation"
@@ -98,23 +87,23 @@ def test_method_layer_and_class_are_checked_before_the_job(client):
     assert client.get("/api/v1/jobs").json()["items"] == []
 
 
-def test_a_group_target_and_another_method(client):
+def test_a_group_target_and_another_method(client, wait_for_job):
     r = client.post(ROUTE, files=parts(("a.jpg", jpeg(skdata.chelsea())),
                                        ("b.jpg", jpeg(skdata.chelsea()[:, ::-1].copy()))),
                     data={"class": "cat", "method": "layercam"})
-    status = wait(client, r.json())
+    status = wait_for_job(client, r.json()["id"])
     answer = client.get(status["result_url"]).json()
     assert [i["label"] for i in answer["items"]] == ["cat", "cat"]
     assert answer["method"] == "layercam"
 
 
-def test_public_route_takes_several_files(tmp_path, model):
+def test_public_route_takes_several_files(tmp_path, model, wait_for_job):
     app = create_app(ServerConfig(data_dir=tmp_path / "data", allow="cat"), model=model)
     with TestClient(app) as client:
         r = client.post("/api/v1/explain", files=parts(("a.jpg", jpeg(skdata.chelsea())),
                                                        ("b.jpg", jpeg(skdata.coffee()))))
         assert r.status_code == 202, r.text
-        status = wait(client, r.json())
+        status = wait_for_job(client, r.json()["id"])
         answer = client.get(status["result_url"]).json()
         assert [i["filename"] for i in answer["items"]] == ["a.jpg", "b.jpg"]
 

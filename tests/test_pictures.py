@@ -284,22 +284,12 @@ def client(tmp_path, model):
         yield c
 
 
-def wait(client, job_id: str, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"/api/v1/jobs/{job_id}").json()
-        if body["status"] not in ("queued", "running"):
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not end")
-
-
-def test_http_style_job_with_preview_and_result(client, content):
+def test_http_style_job_with_preview_and_result(client, content, wait_for_job):
     r = client.post("/api/v1/style", files={"content": ("c.png", png(content), "image/png")},
                     data={"pattern": "strokes", "size": "48", "steps": "3", "seed": "1"})
     assert r.status_code == 202, r.text
     job = r.json()
-    end = wait(client, job["id"])
+    end = wait_for_job(client, job["id"])
     assert end["status"] == "done" and end["done"] == end["total"] == 3
     result = client.get(end["result_url"]).json()
     assert result["width"] == 48 and result["style_gain"] > 0
@@ -313,11 +303,11 @@ def test_http_style_job_with_preview_and_result(client, content):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(picture.content))), direct.image)
 
 
-def test_http_visualize_grid_job(client):
+def test_http_visualize_grid_job(client, wait_for_job):
     r = client.post("/api/v1/visualize", data={"layer": "block3b_add", "channels": "0-3",
                                                "size": "32", "steps": "2"})
     assert r.status_code == 202, r.text
-    end = wait(client, r.json()["id"])
+    end = wait_for_job(client, r.json()["id"])
     assert end["status"] == "done"
     result = client.get(end["result_url"]).json()
     assert result["count"] == 4 and len(result["urls"]) == 4
@@ -325,7 +315,7 @@ def test_http_visualize_grid_job(client):
     assert Image.open(io.BytesIO(grid.content)).size == (66, 66)
 
 
-def test_http_cancel(client, content):
+def test_http_cancel(client, content, wait_for_job):
     r = client.post("/api/v1/style", files={"content": ("c.png", png(content), "image/png")},
                     data={"pattern": "mosaic", "size": "256", "steps": "400"})
     assert r.status_code == 202
@@ -334,7 +324,7 @@ def test_http_cancel(client, content):
     while client.get(f"/api/v1/jobs/{job_id}").json()["done"] < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert client.delete(f"/api/v1/jobs/{job_id}").status_code == 200
-    end = wait(client, job_id)
+    end = wait_for_job(client, job_id)
     assert end["status"] == "cancelled" and end["done"] < 400
 
 

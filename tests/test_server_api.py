@@ -78,7 +78,7 @@ def test_check_warns_for_other_allow(client, cat):
     assert body["message"].startswith("this does not look like a squirrel")
 
 
-def test_explain_sync_and_background(client, cat):
+def test_explain_sync_and_background(client, cat, wait_for_job):
     r = client.post("/api/v1/explain", files=files(cat), data={"method": "gradcam",
                                                               "class": "tiger cat"})
     assert r.status_code == 200, r.text
@@ -87,13 +87,7 @@ def test_explain_sync_and_background(client, cat):
     assert client.get(body["heatmap_url"]).status_code == 200
     r = client.post("/api/v1/explain", files=files(cat), data={"background": "true"})
     assert r.status_code == 202
-    job_id = r.json()["id"]
-    for _ in range(600):
-        status = client.get(f"/api/v1/jobs/{job_id}").json()
-        if status["status"] in ("done", "failed", "cancelled"):
-            break
-        import time
-        time.sleep(0.05)
+    status = wait_for_job(client, r.json()["id"])
     assert status["status"] == "done", status
     assert client.get(status["result_url"]).json()["label"]
 

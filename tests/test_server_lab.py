@@ -63,7 +63,7 @@ def test_learn_reaches_the_article_line(client):
     assert len(body["trace"]) == 1000 and body["trace"][-1]["loss"] < body["trace"][0]["loss"]
 
 
-def test_pca_needs_photos_then_reconstructs(client):
+def test_pca_needs_photos_then_reconstructs(client, wait_for_job):
     assert client.post("/api/v1/lab/pca").status_code == 400
     rng = np.random.default_rng(0)
     ids = []
@@ -72,12 +72,7 @@ def test_pca_needs_photos_then_reconstructs(client):
         ids.append(client.post("/api/v1/uploads?confirm=true",
                                files={"file": ("r.png", data)}).json()["id"])
     job = client.post("/api/v1/lab/pca", data={"k": 3, "size": 16}).json()
-    import time
-    for _ in range(400):
-        status = client.get(f"/api/v1/jobs/{job['id']}").json()
-        if status["status"] != "running" and status["status"] != "queued":
-            break
-        time.sleep(0.05)
+    status = wait_for_job(client, job["id"])
     assert status["status"] == "done", status
     r = client.get(f"/api/v1/lab/pca/reconstruct?upload_id={ids[0]}&k=3")
     assert r.status_code == 200 and fetch(client, r.json()["url"]).shape == (16, 16, 3)
